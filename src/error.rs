@@ -1,0 +1,129 @@
+//! Errors of the SDK and their numeric codes.
+//!
+//! Every failure the SDK can report is a variant of [`Error`]. [`Error::code`] gives the Go SDK's
+//! numeric code for it (`PROTOCOL.md` §6.10), so dashboards and alerting built on the Go SDK's
+//! `data_proxy_error_count{code}` keep working; errors answered by a DataProxy node also carry the
+//! server's own `errCode` ([`Error::server_code`]).
+//!
+//! Errors are `Clone` so that one batch failure can fan out to every record in the batch.
+
+use std::fmt;
+
+/// The Go SDK's numeric error codes (`PROTOCOL.md` §6.10), plus the ones this SDK adds.
+///
+/// The values are part of the public contract: they appear as the `code` label of the metrics.
+pub mod codes {
+    /// Success.
+    pub const OK: u32 = 0;
+    /// Retries used up (after a timeout, write failure or retryable server error).
+    pub const SEND_TIMEOUT: u32 = 10001;
+    /// Send failed (declared by the Go SDK).
+    pub const SEND_FAILED: u32 = 10002;
+    /// The producer is closing or closed.
+    pub const PRODUCER_CLOSED: u32 = 10003;
+    /// The send queue is full and the producer does not block.
+    pub const SEND_QUEUE_FULL: u32 = 10004;
+    /// A blocking send gave up waiting for queue space.
+    pub const CONTEXT_EXPIRED: u32 = 10005;
+    /// A new connection could not be made.
+    pub const NEW_CONN_FAILED: u32 = 10006;
+    /// Writing to a connection failed.
+    pub const CONN_WRITE_FAILED: u32 = 10007;
+    /// Reading from a connection failed (bad reply frame).
+    pub const CONN_READ_FAILED: u32 = 10008;
+    /// A record (or the batch it would make) is larger than the frame limit.
+    pub const INPUT_LOG_TOO_LONG: u32 = 10009;
+    /// A record, ID or attribute is invalid.
+    pub const INPUT_LOG_INVALID: u32 = 10010;
+    /// The server answered with a non-zero `errCode`.
+    pub const SERVER_ERROR: u32 = 10011;
+    /// The connection was closed by the peer.
+    pub const CONN_CLOSED_BY_PEER: u32 = 10015;
+    /// Anything else.
+    pub const UNKNOWN: u32 = 20001;
+}
+
+/// Which identifier or attribute a validation error is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Field {
+    /// The inlong group ID.
+    GroupId,
+    /// The inlong stream ID.
+    StreamId,
+    /// The key of an add-column.
+    AddColumnKey,
+    /// The value of an add-column.
+    AddColumnValue,
+}
+
+impl fmt::Display for Field {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Field::GroupId => "group id",
+            Field::StreamId => "stream id",
+            Field::AddColumnKey => "add-column key",
+            Field::AddColumnValue => "add-column value",
+        })
+    }
+}
+
+/// Every error the SDK reports.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An ID or attribute would break the `k=v&k=v` attribute string or is empty.
+    #[error("invalid {field} {value:?}: {reason}")]
+    InvalidField {
+        /// What was invalid.
+        field: Field,
+        /// The offending value.
+        value: String,
+        /// Why it was refused.
+        reason: &'static str,
+    },
+    /// The payload is empty, or is a lone `"\n"` that would become an empty entry on the wire.
+    #[error("invalid payload: {reason}")]
+    InvalidPayload {
+        /// Why it was refused.
+        reason: &'static str,
+    },
+    /// The record (or the frame its batch would need) is over the frame size limit.
+    #[error("record too long: a frame of {frame_len} bytes exceeds the limit of {limit} bytes")]
+    TooLong {
+        /// Bytes the frame would take on the wire.
+        frame_len: usize,
+        /// The frame size limit in force.
+        limit: usize,
+    },
+}
+
+impl Error {
+    /// The Go SDK's numeric code for this error (`PROTOCOL.md` §6.10).
+    pub fn code(&self) -> u32 {
+        match self {
+            Error::InvalidField { .. } | Error::InvalidPayload { .. } => codes::INPUT_LOG_INVALID,
+            Error::TooLong { .. } => codes::INPUT_LOG_TOO_LONG,
+        }
+    }
+
+    /// The DataProxy `errCode` when the error was answered by a server, otherwise `None`.
+    pub fn server_code(&self) -> Option<u32> {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_match_the_go_sdk() {
+        let invalid = Error::InvalidPayload { reason: "empty" };
+        assert_eq!(invalid.code(), 10010);
+        let long = Error::TooLong { frame_len: 10, limit: 5 };
+        assert_eq!(long.code(), 10009);
+        assert_eq!(long.server_code(), None);
+        assert!(long.to_string().contains("limit of 5 bytes"));
+    }
+}

@@ -1,0 +1,16 @@
+#![doc = include_str!("../README.md")]
+#![deny(unsafe_op_in_unsafe_fn, rust_2018_idioms, missing_docs)]
+#![warn(
+    clippy::cast_possible_truncation,
+    clippy::manual_let_else,
+    clippy::needless_pass_by_value,
+    clippy::redundant_closure_for_method_calls,
+    clippy::semicolon_if_nothing_returned,
+    clippy::unnested_or_patterns
+)]
+
+pub mod error;
+pub mod protocol;
+pub mod server;
+
+pub use error::Error;

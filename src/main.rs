@@ -1,0 +1,2 @@
+//! The `inlong-dataproxy` command line: `serve` (a local DataProxy + Manager).
+fn main() {}

@@ -1,0 +1,506 @@
+//! The msgType 5 batch frame (`PROTOCOL.md` §2.1–§2.4).
+//!
+//! [`BatchBody`] accumulates `[len u32][payload]` entries as records arrive (one `memcpy` per
+//! record, no allocation once its buffer has grown). [`FrameEncoder`] turns a sealed body into a
+//! frame appended to a caller-owned output buffer: Snappy raw block when the body is over 256
+//! bytes, attributes in the Go SDK's order, and the frame size limit enforced before anything is
+//! handed to a transport.
+
+use super::{push_decimal, AddColumns, COMPRESS_THRESHOLD, MSG_TYPE_MULTI_BODY, TEXT_FRAME_OVERHEAD};
+use crate::error::Error;
+
+/// The body of one batch under construction: `[len u32][payload]` per record, in arrival order.
+#[derive(Debug, Clone, Default)]
+pub struct BatchBody {
+    entries: Vec<u8>,
+    count: u32,
+    payload_bytes: usize,
+}
+
+impl BatchBody {
+    /// An empty body.
+    pub fn new() -> BatchBody {
+        BatchBody::default()
+    }
+
+    /// An empty body whose buffer can hold `capacity` bytes of entries without growing.
+    pub fn with_capacity(capacity: usize) -> BatchBody {
+        BatchBody { entries: Vec::with_capacity(capacity), ..BatchBody::default() }
+    }
+
+    /// Appends one record. Exactly one trailing `\n` is dropped (§2.2), as the Go SDK does.
+    ///
+    /// The payload should have passed [`validate_payload`](super::validate_payload); a payload
+    /// that is too long for a `u32` length is refused.
+    pub fn push(&mut self, payload: &[u8]) -> Result<(), Error> {
+        let entry = payload.strip_suffix(b"\n").unwrap_or(payload);
+        let len = u32::try_from(entry.len())
+            .map_err(|_| Error::TooLong { frame_len: entry.len(), limit: u32::MAX as usize })?;
+        self.entries.reserve(4 + entry.len());
+        self.entries.extend_from_slice(&len.to_be_bytes());
+        self.entries.extend_from_slice(entry);
+        self.count += 1;
+        self.payload_bytes += payload.len();
+        Ok(())
+    }
+
+    /// The encoded entries, uncompressed.
+    pub fn entries(&self) -> &[u8] {
+        &self.entries
+    }
+
+    /// Number of records in the body.
+    pub fn count(&self) -> u32 {
+        self.count
+    }
+
+    /// Sum of the raw payload lengths pushed (the Go SDK's `dataSize`: before the newline strip,
+    /// without length prefixes). This is what `batching_max_size` is compared against.
+    pub fn payload_bytes(&self) -> usize {
+        self.payload_bytes
+    }
+
+    /// Uncompressed body length in bytes (entries with their length prefixes).
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// True when no record has been pushed.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Empties the body, keeping its buffer for reuse.
+    pub fn clear(&mut self) {
+        self.entries.clear();
+        self.count = 0;
+        self.payload_bytes = 0;
+    }
+}
+
+/// The per-batch attribute values the engine decides (§2.4).
+#[derive(Debug, Clone, Copy)]
+pub struct BatchHeader<'a> {
+    /// `groupId`: the producer's group.
+    pub group_id: &'a str,
+    /// `streamId`: the batch's stream.
+    pub stream_id: &'a str,
+    /// `dt`: data time in milliseconds since the Unix epoch.
+    pub dt_ms: u64,
+    /// `mid` and `sid`: the batch ID the reply is matched by (opaque to the server).
+    pub mid: &'a str,
+    /// `wid`: the shard (worker) index.
+    pub wid: u32,
+}
+
+/// What [`FrameEncoder::encode`] appended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EncodedFrame {
+    /// Bytes of the whole frame on the wire, `4 + totalLen`.
+    pub frame_len: usize,
+    /// Uncompressed body length.
+    pub body_len: usize,
+    /// Body length as sent (after compression when compressed).
+    pub wire_body_len: usize,
+    /// Whether the body was Snappy-compressed (`cp=snappy`).
+    pub compressed: bool,
+    /// Records in the batch (`cnt`).
+    pub count: u32,
+}
+
+/// Encodes sealed batch bodies into msgType 5 frames. Holds the reusable Snappy encoder state.
+#[derive(Debug)]
+pub struct FrameEncoder {
+    snappy: snap::raw::Encoder,
+    compression: bool,
+}
+
+impl Default for FrameEncoder {
+    fn default() -> FrameEncoder {
+        FrameEncoder::new()
+    }
+}
+
+impl FrameEncoder {
+    /// An encoder that compresses bodies over [`COMPRESS_THRESHOLD`] bytes, as the Go SDK does.
+    pub fn new() -> FrameEncoder {
+        FrameEncoder { snappy: snap::raw::Encoder::new(), compression: true }
+    }
+
+    /// Turns compression on (the default, Go-compatible) or off.
+    pub fn set_compression(&mut self, enabled: bool) {
+        self.compression = enabled;
+    }
+
+    /// Whether a body of `body_len` uncompressed bytes will be compressed.
+    pub fn compresses(&self, body_len: usize) -> bool {
+        self.compression && body_len > COMPRESS_THRESHOLD
+    }
+
+    /// The largest frame a body of `body_len` bytes and `count` records could produce with this
+    /// header: exact for uncompressed bodies, Snappy's worst case for compressed ones. An engine
+    /// that keeps this under the limit never sees [`Error::TooLong`] from [`FrameEncoder::encode`].
+    pub fn worst_case_frame_len(
+        &self,
+        header: &BatchHeader<'_>,
+        count: u32,
+        body_len: usize,
+        add_columns: &AddColumns,
+    ) -> usize {
+        let compressed = self.compresses(body_len);
+        let wire_body =
+            if compressed { snap::raw::max_compress_len(body_len).max(body_len) } else { body_len };
+        TEXT_FRAME_OVERHEAD + wire_body + attr_len(header, count, compressed, add_columns)
+    }
+
+    /// Appends the frame for `body` to `out`.
+    ///
+    /// On error nothing is left in `out`: a frame over `max_frame_len` (`4 + totalLen`) is
+    /// [`Error::TooLong`]; an empty body is [`Error::InvalidPayload`].
+    pub fn encode(
+        &mut self,
+        header: &BatchHeader<'_>,
+        body: &BatchBody,
+        add_columns: &AddColumns,
+        max_frame_len: usize,
+        out: &mut Vec<u8>,
+    ) -> Result<EncodedFrame, Error> {
+        if body.is_empty() {
+            return Err(Error::InvalidPayload { reason: "a batch needs at least one record" });
+        }
+        let start = out.len();
+        let result = self.encode_unchecked(header, body, add_columns, out);
+        match result {
+            Ok(frame) if frame.frame_len <= max_frame_len => Ok(frame),
+            Ok(frame) => {
+                out.truncate(start);
+                Err(Error::TooLong { frame_len: frame.frame_len, limit: max_frame_len })
+            }
+            Err(err) => {
+                out.truncate(start);
+                Err(err)
+            }
+        }
+    }
+
+    fn encode_unchecked(
+        &mut self,
+        header: &BatchHeader<'_>,
+        body: &BatchBody,
+        add_columns: &AddColumns,
+        out: &mut Vec<u8>,
+    ) -> Result<EncodedFrame, Error> {
+        let start = out.len();
+        let entries = body.entries();
+        let compressed = self.compresses(entries.len());
+        out.extend_from_slice(&[0, 0, 0, 0, MSG_TYPE_MULTI_BODY, 0, 0, 0, 0]);
+        let body_start = out.len();
+        if compressed {
+            let bound = snap::raw::max_compress_len(entries.len());
+            if bound == 0 {
+                return Err(Error::TooLong { frame_len: entries.len(), limit: u32::MAX as usize });
+            }
+            out.resize(body_start + bound, 0);
+            let written = self.snappy.compress(entries, &mut out[body_start..]).map_err(|_| {
+                Error::TooLong { frame_len: entries.len(), limit: u32::MAX as usize }
+            })?;
+            out.truncate(body_start + written);
+        } else {
+            out.extend_from_slice(entries);
+        }
+        let wire_body_len = out.len() - body_start;
+        out.extend_from_slice(&[0, 0, 0, 0]);
+        let attr_start = out.len();
+        write_attrs(out, header, body.count(), compressed, add_columns);
+        let attr_len = out.len() - attr_start;
+        let frame_len = out.len() - start;
+
+        let too_long = || Error::TooLong { frame_len, limit: u32::MAX as usize };
+        let total_len = u32::try_from(frame_len - 4).map_err(|_| too_long())?;
+        let wire_body_u32 = u32::try_from(wire_body_len).map_err(|_| too_long())?;
+        let attr_len_u32 = u32::try_from(attr_len).map_err(|_| too_long())?;
+        out[start..start + 4].copy_from_slice(&total_len.to_be_bytes());
+        out[start + 5..start + 9].copy_from_slice(&wire_body_u32.to_be_bytes());
+        out[attr_start - 4..attr_start].copy_from_slice(&attr_len_u32.to_be_bytes());
+        Ok(EncodedFrame {
+            frame_len,
+            body_len: entries.len(),
+            wire_body_len,
+            compressed,
+            count: body.count(),
+        })
+    }
+}
+
+/// Writes `groupId=…&streamId=…&dt=…&mid=…&sid=…&wid=…&cnt=…[&cp=snappy]<add-columns>`.
+fn write_attrs(
+    out: &mut Vec<u8>,
+    header: &BatchHeader<'_>,
+    count: u32,
+    compressed: bool,
+    add_columns: &AddColumns,
+) {
+    out.extend_from_slice(b"groupId=");
+    out.extend_from_slice(header.group_id.as_bytes());
+    out.extend_from_slice(b"&streamId=");
+    out.extend_from_slice(header.stream_id.as_bytes());
+    out.extend_from_slice(b"&dt=");
+    push_decimal(out, header.dt_ms);
+    out.extend_from_slice(b"&mid=");
+    out.extend_from_slice(header.mid.as_bytes());
+    out.extend_from_slice(b"&sid=");
+    out.extend_from_slice(header.mid.as_bytes());
+    out.extend_from_slice(b"&wid=");
+    push_decimal(out, u64::from(header.wid));
+    out.extend_from_slice(b"&cnt=");
+    push_decimal(out, u64::from(count));
+    if compressed {
+        out.extend_from_slice(b"&cp=snappy");
+    }
+    out.extend_from_slice(add_columns.as_str().as_bytes());
+}
+
+fn decimal_len(mut value: u64) -> usize {
+    let mut len = 1;
+    while value >= 10 {
+        value /= 10;
+        len += 1;
+    }
+    len
+}
+
+/// Length of the attribute string [`write_attrs`] produces.
+fn attr_len(header: &BatchHeader<'_>, count: u32, compressed: bool, cols: &AddColumns) -> usize {
+    "groupId=&streamId=&dt=&mid=&sid=&wid=&cnt=".len()
+        + header.group_id.len()
+        + header.stream_id.len()
+        + decimal_len(header.dt_ms)
+        + 2 * header.mid.len()
+        + decimal_len(u64::from(header.wid))
+        + decimal_len(u64::from(count))
+        + if compressed { "&cp=snappy".len() } else { 0 }
+        + cols.as_str().len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::hex;
+    use super::*;
+    use crate::protocol::read_u32;
+
+    const HEADER: BatchHeader<'static> = BatchHeader {
+        group_id: "test_group",
+        stream_id: "test_stream",
+        dt_ms: 1_700_000_000_000,
+        mid: "0000-fixed",
+        wid: 0,
+    };
+
+    fn encode(payloads: &[&[u8]], cols: &AddColumns) -> (Vec<u8>, EncodedFrame) {
+        let mut body = BatchBody::new();
+        for payload in payloads {
+            body.push(payload).unwrap();
+        }
+        let mut out = Vec::new();
+        let frame =
+            FrameEncoder::new().encode(&HEADER, &body, cols, usize::MAX, &mut out).unwrap();
+        assert_eq!(frame.frame_len, out.len());
+        (out, frame)
+    }
+
+    fn unhex(text: &str) -> Vec<u8> {
+        let text: String = text.split_whitespace().collect();
+        (0..text.len()).step_by(2).map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap()).collect()
+    }
+
+    /// Splits a msgType 5 frame into (body as sent, attribute string).
+    fn parts(frame: &[u8]) -> (&[u8], &str) {
+        assert_eq!(read_u32(frame, 0) as usize, frame.len() - 4, "totalLen");
+        assert_eq!(frame[4], 5);
+        let body_len = read_u32(frame, 5) as usize;
+        let attr_len = read_u32(frame, 9 + body_len) as usize;
+        assert_eq!(13 + body_len + attr_len, frame.len());
+        (&frame[9..9 + body_len], std::str::from_utf8(&frame[13 + body_len..]).unwrap())
+    }
+
+    #[test]
+    fn golden_v1_single_record() {
+        let (out, frame) = encode(&[b"a|b|c"], &AddColumns::default());
+        assert_eq!(
+            hex(&out),
+            "00000074050000000900000005617c627c630000006267726f757049643d7465\
+             73745f67726f75702673747265616d49643d746573745f73747265616d266474\
+             3d31373030303030303030303030266d69643d303030302d6669786564267369\
+             643d303030302d6669786564267769643d3026636e743d31"
+        );
+        assert_eq!(frame.frame_len, 120);
+        assert!(!frame.compressed);
+    }
+
+    #[test]
+    fn golden_v2_trailing_newline_stripped() {
+        let (out, frame) = encode(&[b"hello\n", b"world"], &AddColumns::default());
+        assert_eq!(
+            hex(&out),
+            "0000007d05000000120000000568656c6c6f00000005776f726c640000006267\
+             726f757049643d746573745f67726f75702673747265616d49643d746573745f\
+             73747265616d2664743d31373030303030303030303030266d69643d30303030\
+             2d6669786564267369643d303030302d6669786564267769643d3026636e743d\
+             32"
+        );
+        assert_eq!(frame.count, 2);
+    }
+
+    #[test]
+    fn golden_v3_add_column() {
+        let cols = AddColumns::new([("__addcol1__worldid", "xxx")], "127.0.0.1").unwrap();
+        let (out, _) = encode(&[b"a|b|c"], &cols);
+        assert_eq!(
+            hex(&out),
+            "0000008b050000000900000005617c627c630000007967726f757049643d7465\
+             73745f67726f75702673747265616d49643d746573745f73747265616d266474\
+             3d31373030303030303030303030266d69643d303030302d6669786564267369\
+             643d303030302d6669786564267769643d3026636e743d31265f5f616464636f\
+             6c315f5f776f726c6469643d787878"
+        );
+    }
+
+    #[test]
+    fn golden_v5_compressible_body() {
+        let payload = b"0123456789".repeat(10);
+        let (out, frame) = encode(&[&payload, &payload, &payload], &AddColumns::default());
+        let (body, attrs) = parts(&out);
+        assert!(frame.compressed);
+        assert_eq!(frame.body_len, 312);
+        assert!(attrs.ends_with("&cnt=3&cp=snappy"), "{attrs}");
+        let expected_body = unhex(
+            "00000064 30313233343536373839303132333435363738393031323334353637383930313233343536\
+             3738393031323334353637383930313233343536373839303132333435363738393031323334353637\
+             38393031323334353637383930313233343536373839",
+        )
+        .repeat(3);
+        assert_eq!(snap::raw::Decoder::new().decompress_vec(body).unwrap(), expected_body);
+        // With the `snap` encoder the bytes are exactly the documented ones.
+        assert_eq!(
+            hex(&out),
+            "000000980500000023b802340000006430313233343536373839fe0a00660a00\
+             fe6800fe6800fe68003e68000000006c67726f757049643d746573745f67726f\
+             75702673747265616d49643d746573745f73747265616d2664743d3137303030\
+             3030303030303030266d69643d303030302d6669786564267369643d30303030\
+             2d6669786564267769643d3026636e743d332663703d736e61707079"
+        );
+    }
+
+    fn v4_payload() -> Vec<u8> {
+        const ALPHA: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+        let mut x: u64 = 20_231_114;
+        (0..300)
+            .map(|_| {
+                x = (1_103_515_245 * x + 12_345) % (1 << 31);
+                ALPHA[((x >> 16) % 62) as usize]
+            })
+            .collect()
+    }
+
+    #[test]
+    fn golden_v4_incompressible_body_is_still_sent_compressed() {
+        let payload = v4_payload();
+        assert!(payload.starts_with(b"iRJssh3JaEh9ub6F"));
+        let (out, frame) = encode(&[&payload], &AddColumns::default());
+        assert!(frame.compressed);
+        assert_eq!((frame.body_len, frame.wire_body_len, frame.frame_len), (304, 309, 430));
+        let golden = "000001aa0500000135b002f42f010000012c69524a737368334a614568397562\
+             36467a78415341314752415676703456516e726e3947326f5070536378433278\
+             6d7149447169476e7338305a397264505a654c4a6b46764168466e71546e5474\
+             365551684364734d314669323243526c55486f6c733469665a6e75315378314a\
+             634a6268444e415254694b42493074313373334c6e46324c734236635a784744\
+             5931414c4f7364774458556c374549494f4153454863497747464d37334e3971\
+             757257466b4b42757a6f3174686348744c507953594b6d74594a6c4a33645735\
+             73636b546d6d533845646b6543684e6f5574685871484247706a7a3146755930\
+             77355474515a633041416930474a50676656736f7268564a76774c766b41496f\
+             4767525064493563683679745734627074376d416d3762784d78693843680000\
+             006c67726f757049643d746573745f67726f75702673747265616d49643d7465\
+             73745f73747265616d2664743d31373030303030303030303030266d69643d30\
+             3030302d6669786564267369643d303030302d6669786564267769643d302663\
+             6e743d312663703d736e61707079";
+        assert_eq!(hex(&out), golden);
+    }
+
+    #[test]
+    fn compression_threshold_is_strictly_greater_than_256() {
+        // One entry of 252 payload bytes = 256 body bytes: not compressed.
+        let (_, at) = encode(&[&[b'x'; 252]], &AddColumns::default());
+        assert!(!at.compressed);
+        assert_eq!(at.body_len, 256);
+        let (_, over) = encode(&[&[b'x'; 253]], &AddColumns::default());
+        assert!(over.compressed);
+    }
+
+    #[test]
+    fn compression_can_be_turned_off() {
+        let mut body = BatchBody::new();
+        body.push(&[b'x'; 1000]).unwrap();
+        let mut encoder = FrameEncoder::new();
+        encoder.set_compression(false);
+        let mut out = Vec::new();
+        let frame =
+            encoder.encode(&HEADER, &body, &AddColumns::default(), usize::MAX, &mut out).unwrap();
+        assert!(!frame.compressed);
+        assert!(parts(&out).1.ends_with("&cnt=1"));
+    }
+
+    #[test]
+    fn frame_limit_is_enforced_and_leaves_out_untouched() {
+        let mut body = BatchBody::new();
+        body.push(b"a|b|c").unwrap();
+        let mut out = vec![9, 9];
+        let mut encoder = FrameEncoder::new();
+        let err =
+            encoder.encode(&HEADER, &body, &AddColumns::default(), 119, &mut out).unwrap_err();
+        assert_eq!(err, Error::TooLong { frame_len: 120, limit: 119 });
+        assert_eq!(err.code(), 10009);
+        assert_eq!(out, vec![9, 9]);
+        let frame = encoder.encode(&HEADER, &body, &AddColumns::default(), 120, &mut out).unwrap();
+        assert_eq!(out.len(), 2 + frame.frame_len);
+    }
+
+    #[test]
+    fn empty_batch_is_refused() {
+        let err = FrameEncoder::new()
+            .encode(&HEADER, &BatchBody::new(), &AddColumns::default(), usize::MAX, &mut Vec::new())
+            .unwrap_err();
+        assert_eq!(err.code(), 10010);
+    }
+
+    #[test]
+    fn worst_case_bounds_the_real_frame() {
+        let encoder = FrameEncoder::new();
+        let cols = AddColumns::new([("k", "v")], "ip").unwrap();
+        for size in [1usize, 100, 252, 253, 1000, 40_000] {
+            let mut body = BatchBody::new();
+            body.push(&v4_payload().repeat(size / 300 + 1)[..size]).unwrap();
+            let mut out = Vec::new();
+            let frame = FrameEncoder::new()
+                .encode(&HEADER, &body, &cols, usize::MAX, &mut out)
+                .unwrap();
+            let bound = encoder.worst_case_frame_len(&HEADER, 1, body.len(), &cols);
+            assert!(frame.frame_len <= bound, "{size}: {} > {bound}", frame.frame_len);
+            if !frame.compressed {
+                assert_eq!(frame.frame_len, bound);
+            }
+        }
+    }
+
+    #[test]
+    fn body_counts_raw_payload_bytes() {
+        let mut body = BatchBody::with_capacity(64);
+        body.push(b"ab\n").unwrap();
+        body.push(b"\n\n").unwrap();
+        assert_eq!(body.count(), 2);
+        assert_eq!(body.payload_bytes(), 5);
+        assert_eq!(body.entries(), b"\0\0\0\x02ab\0\0\0\x01\n");
+        body.clear();
+        assert!(body.is_empty());
+        assert_eq!(body.len(), 0);
+    }
+}

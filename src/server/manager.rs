@@ -1,0 +1,1 @@
+//! The local Manager (being written).
