@@ -76,7 +76,7 @@ pub(crate) fn read_u32(buf: &[u8], at: usize) -> u32 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]

@@ -9,5 +9,6 @@
 //! Nothing in the producer depends on this module; it is shipped in the library so that users can
 //! run the same server in their own tests.
 
+pub mod codec;
 pub mod manager;
 mod http;
