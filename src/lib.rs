@@ -8,6 +8,7 @@
     clippy::semicolon_if_nothing_returned,
     clippy::unnested_or_patterns
 )]
+#![cfg_attr(test, allow(clippy::cast_possible_truncation))]
 
 pub mod error;
 pub mod protocol;

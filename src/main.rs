@@ -1,2 +1,22 @@
-//! The `inlong-dataproxy` command line: `serve` (a local DataProxy + Manager).
-fn main() {}
+//! The `inlong-dataproxy` command line.
+//!
+//! `serve` runs the local DataProxy nodes + Manager from [`inlong_dataproxy::server`]. Every
+//! failure is one line on stderr and a non-zero exit status; nothing panics on bad input.
+
+mod cli;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let args = cli::Cli::parse();
+    cli::install_tracing();
+    match cli::run(args) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}

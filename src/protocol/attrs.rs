@@ -11,11 +11,25 @@ use crate::error::{Error, Field};
 /// reply. An add-column may not use any of them (compared without regard to ASCII case).
 pub const RESERVED_ATTR_KEYS: &[&str] = &[
     // Written by the SDK on every batch (§2.4).
-    "groupId", "streamId", "dt", "mid", "sid", "wid", "cnt", "cp",
+    "groupId",
+    "streamId",
+    "dt",
+    "mid",
+    "sid",
+    "wid",
+    "cnt",
+    "cp",
     // Change the server's behaviour (§3.5): no reply at all, or rewritten times.
-    "isAck", "syncSend", "proxySend", "rt", "rtms", "mt",
+    "isAck",
+    "syncSend",
+    "proxySend",
+    "rt",
+    "rtms",
+    "mt",
     // Keys of the reply (§3.7): an echoed copy would be read as the server's own.
-    "dpIp", "errCode", "errMsg",
+    "dpIp",
+    "errCode",
+    "errMsg",
 ];
 
 /// Checks a group or stream ID: non-empty, no whitespace, no `&` or `=`.
@@ -154,9 +168,8 @@ mod tests {
 
     #[test]
     fn add_columns_are_sorted_and_ip_is_substituted() {
-        let cols =
-            AddColumns::new([("__addcol2__b", "{{ip}}"), ("__addcol1__a", "x")], "10.1.2.3")
-                .unwrap();
+        let cols = AddColumns::new([("__addcol2__b", "{{ip}}"), ("__addcol1__a", "x")], "10.1.2.3")
+            .unwrap();
         assert_eq!(cols.as_str(), "&__addcol1__a=x&__addcol2__b=10.1.2.3");
         let none = AddColumns::new(Vec::<(&str, &str)>::new(), "10.1.2.3").unwrap();
         assert!(none.is_empty());
@@ -181,7 +194,9 @@ mod tests {
         ];
         for (key, value, field) in cases {
             match AddColumns::new([(key, value)], "ip") {
-                Err(Error::InvalidField { field: got, .. }) => assert_eq!(got, *field, "{key}={value}"),
+                Err(Error::InvalidField { field: got, .. }) => {
+                    assert_eq!(got, *field, "{key}={value}");
+                }
                 other => panic!("{key}={value}: {other:?}"),
             }
         }

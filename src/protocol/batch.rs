@@ -6,7 +6,9 @@
 //! bytes, attributes in the Go SDK's order, and the frame size limit enforced before anything is
 //! handed to a transport.
 
-use super::{push_decimal, AddColumns, COMPRESS_THRESHOLD, MSG_TYPE_MULTI_BODY, TEXT_FRAME_OVERHEAD};
+use super::{
+    push_decimal, AddColumns, COMPRESS_THRESHOLD, MSG_TYPE_MULTI_BODY, TEXT_FRAME_OVERHEAD,
+};
 use crate::error::Error;
 
 /// The body of one batch under construction: `[len u32][payload]` per record, in arrival order.
@@ -302,15 +304,17 @@ mod tests {
             body.push(payload).unwrap();
         }
         let mut out = Vec::new();
-        let frame =
-            FrameEncoder::new().encode(&HEADER, &body, cols, usize::MAX, &mut out).unwrap();
+        let frame = FrameEncoder::new().encode(&HEADER, &body, cols, usize::MAX, &mut out).unwrap();
         assert_eq!(frame.frame_len, out.len());
         (out, frame)
     }
 
     fn unhex(text: &str) -> Vec<u8> {
         let text: String = text.split_whitespace().collect();
-        (0..text.len()).step_by(2).map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap()).collect()
+        (0..text.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap())
+            .collect()
     }
 
     /// Splits a msgType 5 frame into (body as sent, attribute string).
@@ -480,9 +484,8 @@ mod tests {
             let mut body = BatchBody::new();
             body.push(&v4_payload().repeat(size / 300 + 1)[..size]).unwrap();
             let mut out = Vec::new();
-            let frame = FrameEncoder::new()
-                .encode(&HEADER, &body, &cols, usize::MAX, &mut out)
-                .unwrap();
+            let frame =
+                FrameEncoder::new().encode(&HEADER, &body, &cols, usize::MAX, &mut out).unwrap();
             let bound = encoder.worst_case_frame_len(&HEADER, 1, body.len(), &cols);
             assert!(frame.frame_len <= bound, "{size}: {} > {bound}", frame.frame_len);
             if !frame.compressed {

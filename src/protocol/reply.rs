@@ -170,7 +170,10 @@ mod tests {
 
     fn unhex(text: &str) -> Vec<u8> {
         let text: String = text.split_whitespace().collect();
-        (0..text.len()).step_by(2).map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap()).collect()
+        (0..text.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap())
+            .collect()
     }
 
     fn batch(frame: &[u8]) -> BatchReply<'_> {

@@ -446,7 +446,10 @@ mod tests {
     fn heartbeat_is_recognised() {
         let mut scratch = Vec::new();
         let hb = protocol::HEARTBEAT_REQUEST;
-        assert!(matches!(decode_request(&hb, IngestMode::Full, &mut scratch), Ok(Request::Heartbeat)));
+        assert!(matches!(
+            decode_request(&hb, IngestMode::Full, &mut scratch),
+            Ok(Request::Heartbeat)
+        ));
     }
 
     #[test]
@@ -597,7 +600,8 @@ mod tests {
     fn count_only_mode_trusts_cnt() {
         let f = frame("groupId=g&cnt=50&cp=snappy", b"not even snappy");
         let mut scratch = Vec::new();
-        let Request::Batch(batch) = decode_request(&f, IngestMode::CountOnly, &mut scratch).unwrap()
+        let Request::Batch(batch) =
+            decode_request(&f, IngestMode::CountOnly, &mut scratch).unwrap()
         else {
             panic!()
         };
@@ -641,8 +645,7 @@ mod tests {
         for record in records {
             body.push(record).unwrap();
         }
-        let header =
-            BatchHeader { group_id: "g", stream_id: stream, dt_ms: 1, mid: "m-1", wid: 3 };
+        let header = BatchHeader { group_id: "g", stream_id: stream, dt_ms: 1, mid: "m-1", wid: 3 };
         let mut encoder = FrameEncoder::new();
         encoder.set_compression(compress);
         let mut out = Vec::new();

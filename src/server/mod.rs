@@ -6,9 +6,19 @@
 //! misbehave at run time (fault injection) and both count what they saw, so a test can prove that
 //! every record the SDK reported as acked really arrived.
 //!
-//! Nothing in the producer depends on this module; it is shipped in the library so that users can
-//! run the same server in their own tests.
+//! [`LocalCluster`] starts N nodes plus a Manager on loopback; the pieces are usable alone.
+//! Nothing in the producer depends on this module; it ships in the library so that users can run
+//! the same server in their own tests.
 
+mod cluster;
 pub mod codec;
-pub mod manager;
+pub mod dataproxy;
 mod http;
+pub mod manager;
+
+pub use cluster::{LocalCluster, LocalClusterBuilder};
+pub use codec::IngestMode;
+pub use dataproxy::{
+    DataProxyNode, ErrorInjection, Faults, NodeConfig, NodeStats, ReplyCorruption, Topic,
+};
+pub use manager::{ManagerAuth, ManagerConfig, ManagerFault, ManagerServer};

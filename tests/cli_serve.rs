@@ -1,0 +1,170 @@
+//! `inlong-dataproxy serve` as a user runs it: the Manager URL on the first line of stdout, the
+//! nodes it lists really answer, and SIGINT/SIGTERM print one JSON line of totals and exit 0.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use inlong_dataproxy::protocol::{
+    decode_reply, split_frame, AddColumns, BatchBody, BatchHeader, FrameEncoder, Reply,
+};
+
+const TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Kills the child if the test fails half-way, so no server outlives its test.
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Reads stdout lines on a thread so every wait has a deadline.
+fn lines(child: &mut Child) -> mpsc::Receiver<String> {
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+fn serve(args: &[&str]) -> (Server, mpsc::Receiver<String>) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_inlong-dataproxy"))
+        .arg("serve")
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn serve");
+    let rx = lines(&mut child);
+    (Server(child), rx)
+}
+
+fn post(url: &str, group: &str) -> serde_json::Value {
+    let rest = url.strip_prefix("http://").unwrap();
+    let (authority, path) = rest.split_once('/').unwrap();
+    let mut stream = TcpStream::connect(authority).unwrap();
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    write!(
+        stream,
+        "POST /{path}/{group}?protocolType=TCP HTTP/1.1\r\nHost: {authority}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let body = &response[response.find("\r\n\r\n").unwrap() + 4..];
+    serde_json::from_str(body).unwrap()
+}
+
+fn send_one_batch(addr: &str, records: usize) {
+    let mut body = BatchBody::new();
+    for i in 0..records {
+        body.push(format!("record {i}").as_bytes()).unwrap();
+    }
+    let header =
+        BatchHeader { group_id: "test_group", stream_id: "s", dt_ms: 1, mid: "cli-1", wid: 0 };
+    let mut frame = Vec::new();
+    FrameEncoder::new()
+        .encode(&header, &body, &AddColumns::default(), usize::MAX, &mut frame)
+        .unwrap();
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    stream.write_all(&frame).unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let len = loop {
+        if let Some(len) = split_frame(&buf, 65_536).unwrap() {
+            break len;
+        }
+        let n = stream.read(&mut chunk).unwrap();
+        assert!(n > 0, "closed before the reply");
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    match decode_reply(&buf[..len]).unwrap() {
+        Reply::Batch(reply) => assert!(reply.is_success(), "errCode {}", reply.err_code),
+        Reply::Heartbeat => panic!("heartbeat"),
+    }
+}
+
+fn signal(server: &Server, name: &str) {
+    let status =
+        Command::new("kill").arg(format!("-{name}")).arg(server.0.id().to_string()).status();
+    assert!(status.unwrap().success());
+}
+
+#[test]
+fn serve_prints_the_manager_url_serves_and_reports_totals_on_sigint() {
+    let (mut server, rx) = serve(&["--nodes", "2"]);
+    let url = rx.recv_timeout(TIMEOUT).expect("first line");
+    assert!(url.starts_with("http://127.0.0.1:"), "{url}");
+    assert!(url.ends_with("/inlong/manager/openapi/dataproxy/getIpList"), "{url}");
+
+    let json = post(&url, "test_group");
+    let nodes = json["data"]["nodeList"].as_array().expect("node list");
+    assert_eq!(nodes.len(), 2);
+    for node in nodes {
+        let addr = format!("{}:{}", node["ip"].as_str().unwrap(), node["port"]);
+        send_one_batch(&addr, 3);
+    }
+
+    signal(&server, "INT");
+    let summary = rx.recv_timeout(TIMEOUT).expect("summary line");
+    assert_eq!(
+        summary, r#"{"batches":2,"records":6,"payload_bytes":48,"errors":0,"duplicates":1}"#,
+        "both batches used mid cli-1, so the second counts as a duplicate"
+    );
+    let status = server.0.wait().unwrap();
+    assert!(status.success(), "{status}");
+}
+
+#[test]
+fn serve_exits_cleanly_on_sigterm_with_fixed_ports_and_known_groups() {
+    let port = free_port();
+    let (mut server, rx) = serve(&["--manager-port", &port.to_string(), "--groups", "g1,g2"]);
+    let url = rx.recv_timeout(TIMEOUT).expect("first line");
+    assert!(url.starts_with(&format!("http://127.0.0.1:{port}/")), "{url}");
+    assert_eq!(post(&url, "g2")["success"], true);
+    let unknown = post(&url, "nope");
+    assert_eq!(unknown["success"], false);
+    assert_eq!(unknown["errMsg"], "group not found by groupId=nope");
+    signal(&server, "TERM");
+    let summary = rx.recv_timeout(TIMEOUT).expect("summary line");
+    let totals: serde_json::Value = serde_json::from_str(&summary).unwrap();
+    assert_eq!(totals["records"], 0);
+    assert!(server.0.wait().unwrap().success());
+}
+
+#[test]
+fn serve_refuses_bad_flags_and_busy_ports_with_one_line() {
+    let out = Command::new(env!("CARGO_BIN_EXE_inlong-dataproxy"))
+        .args(["serve", "--nodes", "0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--nodes"));
+
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = busy.local_addr().unwrap().port().to_string();
+    let out = Command::new(env!("CARGO_BIN_EXE_inlong-dataproxy"))
+        .args(["serve", "--manager-port", &port])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.starts_with("error: cannot start the local DataProxy + Manager"), "{stderr}");
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
