@@ -8,6 +8,7 @@
 //! Errors are `Clone` so that one batch failure can fan out to every record in the batch.
 
 use std::fmt;
+use std::net::SocketAddr;
 
 /// The Go SDK's numeric error codes (`PROTOCOL.md` §6.10), plus the ones this SDK adds.
 ///
@@ -96,6 +97,96 @@ pub enum Error {
         /// The frame size limit in force.
         limit: usize,
     },
+    /// A producer option is out of range.
+    #[error("invalid option {option}: {reason}")]
+    InvalidConfig {
+        /// The option's name (snake_case, as in the README).
+        option: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The producer is closing or closed.
+    #[error("producer closed")]
+    ProducerClosed,
+    /// The pending-record or pending-byte budget is used up and the producer does not block.
+    #[error("send queue full")]
+    QueueFull,
+    /// A blocking send waited for room in the queue until its timeout.
+    #[error("send queue still full after waiting {waited:?}")]
+    QueueFullTimeout {
+        /// How long the send waited.
+        waited: std::time::Duration,
+    },
+    /// The batch was not acknowledged within its attempts (the Go SDK's 10001, whatever the
+    /// cause); `last_error` says what failed last.
+    #[error("batch {batch_id} not delivered after {attempts} attempt(s){}", cause_suffix(.last_error))]
+    SendTimeout {
+        /// The producer's numeric batch ID.
+        batch_id: u64,
+        /// Attempts made.
+        attempts: u32,
+        /// What went wrong on the last attempt.
+        last_error: Option<Box<Error>>,
+    },
+    /// A DataProxy node answered with an `errCode` that is not retried.
+    #[error("server {endpoint} refused batch {batch_id} with errCode {code}{}", msg_suffix(.message))]
+    Server {
+        /// The DataProxy `errCode`.
+        code: i32,
+        /// The `errMsg`, when the server sent one.
+        message: Option<String>,
+        /// The node that answered.
+        endpoint: SocketAddr,
+        /// The producer's numeric batch ID.
+        batch_id: u64,
+    },
+    /// No ack arrived within `send_timeout`.
+    #[error("no ack from {endpoint} within {timeout:?}")]
+    AckTimeout {
+        /// The node the batch was sent to.
+        endpoint: SocketAddr,
+        /// The send timeout.
+        timeout: std::time::Duration,
+    },
+    /// The connection carrying the batch was lost before its ack.
+    #[error("connection to {endpoint} lost: {reason}")]
+    ConnectionLost {
+        /// The node.
+        endpoint: SocketAddr,
+        /// Why.
+        reason: String,
+    },
+    /// Writing a batch failed.
+    #[error("write to {endpoint} failed: {reason}")]
+    WriteFailed {
+        /// The node.
+        endpoint: SocketAddr,
+        /// Why.
+        reason: String,
+    },
+    /// `flush` or `close` reached its deadline with records still undelivered.
+    #[error("{undelivered} record(s) still undelivered at the deadline")]
+    FlushTimeout {
+        /// Records neither acked nor failed at the deadline.
+        undelivered: u64,
+    },
+    /// No DataProxy endpoint is known.
+    #[error("service has no endpoints")]
+    NoEndpoints,
+    /// The I/O driver could not be set up.
+    #[error("transport unavailable: {0}")]
+    Transport(String),
+    /// The Manager lookup failed (unreachable, auth, rejected, bad answer).
+    #[error("manager lookup failed: {0}")]
+    Discovery(crate::discovery::DiscoveryError),
+}
+
+fn cause_suffix(cause: &Option<Box<Error>>) -> String {
+    cause.as_ref().map(|cause| format!(": {cause}")).unwrap_or_default()
+}
+
+fn msg_suffix(message: &Option<String>) -> String {
+    message.as_ref().map(|message| format!(" ({message})")).unwrap_or_default()
 }
 
 impl Error {
@@ -104,12 +195,29 @@ impl Error {
         match self {
             Error::InvalidField { .. } | Error::InvalidPayload { .. } => codes::INPUT_LOG_INVALID,
             Error::TooLong { .. } => codes::INPUT_LOG_TOO_LONG,
+            Error::ProducerClosed => codes::PRODUCER_CLOSED,
+            Error::QueueFull => codes::SEND_QUEUE_FULL,
+            Error::QueueFullTimeout { .. } => codes::CONTEXT_EXPIRED,
+            Error::SendTimeout { .. } | Error::AckTimeout { .. } | Error::FlushTimeout { .. } => {
+                codes::SEND_TIMEOUT
+            }
+            Error::Server { .. } => codes::SERVER_ERROR,
+            Error::ConnectionLost { .. } => codes::CONN_CLOSED_BY_PEER,
+            Error::WriteFailed { .. } => codes::CONN_WRITE_FAILED,
+            Error::InvalidConfig { .. }
+            | Error::NoEndpoints
+            | Error::Transport(_)
+            | Error::Discovery(_) => codes::UNKNOWN,
         }
     }
 
     /// The DataProxy `errCode` when the error was answered by a server, otherwise `None`.
-    pub fn server_code(&self) -> Option<u32> {
-        None
+    pub fn server_code(&self) -> Option<i32> {
+        match self {
+            Error::Server { code, .. } => Some(*code),
+            Error::SendTimeout { last_error: Some(cause), .. } => cause.server_code(),
+            _ => None,
+        }
     }
 }
 
@@ -125,5 +233,25 @@ mod tests {
         assert_eq!(long.code(), 10009);
         assert_eq!(long.server_code(), None);
         assert!(long.to_string().contains("limit of 5 bytes"));
+        let endpoint: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let server =
+            Error::Server { code: 115, message: Some("no topic".into()), endpoint, batch_id: 9 };
+        assert_eq!((server.code(), server.server_code()), (10011, Some(115)));
+        assert!(server.to_string().ends_with("errCode 115 (no topic)"));
+        let timeout = Error::SendTimeout {
+            batch_id: 9,
+            attempts: 3,
+            last_error: Some(Box::new(Error::Server {
+                code: 1,
+                message: None,
+                endpoint,
+                batch_id: 9,
+            })),
+        };
+        assert_eq!((timeout.code(), timeout.server_code()), (10001, Some(1)));
+        assert!(timeout.to_string().contains("after 3 attempt(s): server"));
+        assert_eq!(Error::QueueFull.code(), 10004);
+        assert_eq!(Error::ProducerClosed.code(), 10003);
+        assert_eq!(Error::NoEndpoints.to_string(), "service has no endpoints");
     }
 }

@@ -10,8 +10,19 @@
 )]
 #![cfg_attr(test, allow(clippy::cast_possible_truncation))]
 
+pub mod config;
+mod control;
+pub mod discovery;
+pub mod engine;
 pub mod error;
+mod producer;
 pub mod protocol;
+pub mod record;
 pub mod server;
+pub mod shard;
 
+pub use config::{ProducerConfig, Transport};
+pub use engine::DeliveryReport;
 pub use error::Error;
+pub use producer::{DeliveryFuture, Producer, ProducerBuilder};
+pub use record::{Record, StreamId};

@@ -1,0 +1,353 @@
+//! Every producer option, its default and its validation.
+//!
+//! The names are the Go SDK's options in snake_case (`PROTOCOL.md` §6.12) with the same defaults,
+//! plus the options this SDK adds. [`ProducerConfig::validate`] refuses zero or absurd values with
+//! a clear [`Error::InvalidConfig`] instead of silently replacing them, as the Go setters do.
+//! The builder in [`crate::producer`] is the usual way to set them.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::discovery::AuthProvider;
+
+use crate::error::Error;
+use crate::protocol::DEFAULT_MAX_PACKET_LEN;
+
+/// Which I/O driver the shards use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Transport {
+    /// io_uring where the kernel allows it, epoll otherwise (probed once per producer).
+    #[default]
+    Auto,
+    /// io_uring only: building the producer fails where io_uring is unavailable.
+    IoUring,
+    /// epoll only.
+    Epoll,
+}
+
+impl std::str::FromStr for Transport {
+    type Err = Error;
+
+    fn from_str(text: &str) -> Result<Transport, Error> {
+        match text {
+            "auto" => Ok(Transport::Auto),
+            "io_uring" | "io-uring" | "iouring" => Ok(Transport::IoUring),
+            "epoll" | "poll" => Ok(Transport::Epoll),
+            other => Err(Error::InvalidConfig {
+                option: "transport",
+                reason: format!("{other:?} is not one of auto, io_uring, epoll"),
+            }),
+        }
+    }
+}
+
+/// A secret whose `Debug` output is redacted, so it never reaches a log.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("\"<redacted>\"")
+    }
+}
+
+/// All producer options. See the README's options table for each one's meaning.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ProducerConfig {
+    /// `GroupID`: the inlong group every batch is sent for (required).
+    pub group_id: String,
+    /// `URL`: the Manager's `getIpList` base URL, without the group ID.
+    pub manager_url: Option<String>,
+    /// A static DataProxy node list; no Manager is asked when set.
+    pub endpoints: Vec<SocketAddr>,
+    /// Bound on connecting to the Manager (3 s).
+    pub manager_connect_timeout: Duration,
+    /// Bound on a whole Manager lookup request (10 s).
+    pub manager_request_timeout: Duration,
+    /// Accept an invalid TLS certificate from the Manager (false: verified, unlike Go).
+    pub manager_accept_invalid_certs: bool,
+    /// Manager user for the built-in Basic auth (with `secret_key`).
+    pub secret_id: Option<String>,
+    /// That user's secret key.
+    pub secret_key: Option<Secret>,
+    /// `tenant` header for the Manager (absent = `public`).
+    pub tenant: Option<String>,
+    /// A hook returning one auth header per lookup, like the Go SDK's `Auth` (wins over Basic).
+    pub auth_provider: Option<Arc<dyn AuthProvider>>,
+    /// Keep the last good node list on disk and use it when the Manager is down at start (true).
+    pub node_list_cache: bool,
+    /// Where that cache lives (default: per user, keyed by Manager URL and group).
+    pub node_list_cache_path: Option<PathBuf>,
+    /// The oldest cached list still used (20 min, as the Java SDK).
+    pub node_list_cache_max_age: Duration,
+    /// `UpdateInterval`: how often the node list is refreshed (5 min).
+    pub update_interval: Duration,
+    /// `ConnTimeout`: bound on every TCP connect (3 s).
+    pub conn_timeout: Duration,
+    /// `WriteBufferSize`: bytes a connection may have queued for writing before the shard stops
+    /// handing it frames (8 MiB).
+    pub write_buffer_size: usize,
+    /// `ReadBufferSize`: initial reply read buffer per connection (1 MiB).
+    pub read_buffer_size: usize,
+    /// `SocketSendBufferSize`: `SO_SNDBUF` (8 MiB).
+    pub socket_send_buffer_size: usize,
+    /// `SocketRecvBufferSize`: `SO_RCVBUF` (1 MiB).
+    pub socket_recv_buffer_size: usize,
+    /// `BufferPoolSize`: encode buffers a shard keeps for reuse (409600 in Go, where it counts
+    /// byte slices; here the pool is capped at this many buffers).
+    pub buffer_pool_size: usize,
+    /// `MetricsName`: the `name` label of every metric (`dataproxy-rust`).
+    pub metrics_name: String,
+    /// `WorkerNum` / `shards`: shard threads (default: the CPUs this process may use).
+    pub shards: usize,
+    /// Pin each shard thread to a core.
+    pub pin_shards: bool,
+    /// I/O driver.
+    pub transport: Transport,
+    /// `SendTimeout`: how long one attempt waits for its ack (30 s), exact per batch.
+    pub send_timeout: Duration,
+    /// `MaxRetries`: attempts after the first (2; 0 means none).
+    pub max_retries: u32,
+    /// `RetryOnServerError`: retry batches answered with codes 1, 2, 3 and 114, which the server
+    /// did not accept (default **true**; Go's default false loses them, see the README).
+    pub retry_on_server_error: bool,
+    /// `RetryInitialInterval`: first backoff (100 ms), doubled per retry ±20 %, capped at 10 s.
+    pub retry_initial_interval: Duration,
+    /// `BatchingMaxPublishDelay`: how long a batch may linger (20 ms), honoured exactly.
+    pub batching_max_publish_delay: Duration,
+    /// `BatchingMaxMessages`: records per batch (50).
+    pub batching_max_messages: usize,
+    /// `BatchingMaxSize`: payload bytes per batch (40 KiB).
+    pub batching_max_size: usize,
+    /// `MaxPendingMessages`: records accepted but not yet resolved, for the whole producer
+    /// (204800).
+    pub max_pending_messages: usize,
+    /// Payload bytes accepted but not yet resolved, for the whole producer (64 MiB).
+    pub max_pending_bytes: usize,
+    /// `BlockIfQueueIsFull`: wait for room instead of failing with `QueueFull` (false).
+    pub block_if_queue_full: bool,
+    /// `AddColumns`: extra attributes on every batch (`{{ip}}` = the host IP).
+    pub add_columns: Vec<(String, String)>,
+    /// `MaxConnLifetime`: reconnect connections older than this (off).
+    pub max_conn_lifetime: Option<Duration>,
+    /// Frame size limit, `4 + totalLen` (524288, the shipped server configuration); the
+    /// Manager's `maxPacketLength` overrides it.
+    pub max_packet_length: usize,
+    /// Compress bodies over 256 bytes with Snappy, as Go does (true).
+    pub compression: bool,
+    /// Heartbeat on idle connections (60 s).
+    pub heartbeat_interval: Duration,
+    /// How long a heartbeat may wait for its reply before the connection is declared dead (10 s).
+    pub heartbeat_timeout: Duration,
+    /// Default deadline of [`Producer::close`](crate::Producer::close) when dropped (30 s).
+    pub close_timeout: Duration,
+}
+
+impl Default for ProducerConfig {
+    fn default() -> ProducerConfig {
+        ProducerConfig {
+            group_id: String::new(),
+            manager_url: None,
+            endpoints: Vec::new(),
+            manager_connect_timeout: Duration::from_secs(3),
+            manager_request_timeout: Duration::from_secs(10),
+            manager_accept_invalid_certs: false,
+            secret_id: None,
+            secret_key: None,
+            tenant: None,
+            auth_provider: None,
+            node_list_cache: true,
+            node_list_cache_path: None,
+            node_list_cache_max_age: Duration::from_secs(20 * 60),
+            update_interval: Duration::from_secs(300),
+            conn_timeout: Duration::from_secs(3),
+            write_buffer_size: 8 << 20,
+            read_buffer_size: 1 << 20,
+            socket_send_buffer_size: 8 << 20,
+            socket_recv_buffer_size: 1 << 20,
+            buffer_pool_size: 409_600,
+            metrics_name: "dataproxy-rust".to_owned(),
+            shards: available_cpus(),
+            pin_shards: true,
+            transport: Transport::Auto,
+            send_timeout: Duration::from_secs(30),
+            max_retries: 2,
+            retry_on_server_error: true,
+            retry_initial_interval: Duration::from_millis(100),
+            batching_max_publish_delay: Duration::from_millis(20),
+            batching_max_messages: 50,
+            batching_max_size: 40 * 1024,
+            max_pending_messages: 204_800,
+            max_pending_bytes: 64 << 20,
+            block_if_queue_full: false,
+            add_columns: Vec::new(),
+            max_conn_lifetime: None,
+            max_packet_length: DEFAULT_MAX_PACKET_LEN,
+            compression: true,
+            heartbeat_interval: Duration::from_secs(60),
+            heartbeat_timeout: Duration::from_secs(10),
+            close_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The CPUs this process may run on: its affinity mask, capped by a cgroup CPU quota.
+pub fn available_cpus() -> usize {
+    let affinity = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    affinity.min(cgroup_cpu_quota().unwrap_or(usize::MAX)).max(1)
+}
+
+/// `cpu.max` of cgroup v2 (`quota period`), rounded up; `None` when unlimited or unknown.
+fn cgroup_cpu_quota() -> Option<usize> {
+    let text = std::fs::read_to_string("/sys/fs/cgroup/cpu.max").ok()?;
+    let mut parts = text.split_whitespace();
+    let quota: f64 = parts.next()?.parse().ok()?;
+    let period: f64 = parts.next()?.parse().ok()?;
+    if period <= 0.0 {
+        return None;
+    }
+    // Quotas are small positive numbers of CPUs.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let cpus = (quota / period).ceil() as usize;
+    Some(cpus.max(1))
+}
+
+impl ProducerConfig {
+    /// Checks every option; the first bad one is reported.
+    pub fn validate(&self) -> Result<(), Error> {
+        let bad = |option: &'static str, reason: &str| {
+            Err(Error::InvalidConfig { option, reason: reason.to_owned() })
+        };
+        crate::protocol::validate_id(crate::error::Field::GroupId, &self.group_id)?;
+        match (&self.manager_url, self.endpoints.is_empty()) {
+            (None, true) => return bad("manager_url", "set a Manager URL or static endpoints"),
+            (Some(url), _) if url.trim().is_empty() => {
+                return bad("manager_url", "must not be empty");
+            }
+            _ => {}
+        }
+        if self.shards == 0 || self.shards > 1024 {
+            return bad("shards", "must be between 1 and 1024");
+        }
+        let durations = [
+            ("update_interval", self.update_interval),
+            ("conn_timeout", self.conn_timeout),
+            ("manager_connect_timeout", self.manager_connect_timeout),
+            ("manager_request_timeout", self.manager_request_timeout),
+            ("send_timeout", self.send_timeout),
+            ("retry_initial_interval", self.retry_initial_interval),
+            ("heartbeat_interval", self.heartbeat_interval),
+            ("heartbeat_timeout", self.heartbeat_timeout),
+        ];
+        for (option, value) in durations {
+            if value.is_zero() {
+                return bad(option, "must be greater than zero");
+            }
+            if value > Duration::from_secs(7 * 24 * 3600) {
+                return bad(option, "must be at most a week");
+            }
+        }
+        if self.batching_max_publish_delay > Duration::from_secs(60) {
+            return bad("batching_max_publish_delay", "must be at most 60 s");
+        }
+        if self.max_retries > 100 {
+            return bad("max_retries", "must be at most 100");
+        }
+        if self.batching_max_messages == 0 || self.batching_max_messages > 1_000_000 {
+            return bad("batching_max_messages", "must be between 1 and 1000000");
+        }
+        if self.batching_max_size == 0 {
+            return bad("batching_max_size", "must be greater than zero");
+        }
+        if self.max_packet_length < 1024 || self.max_packet_length > 20 << 20 {
+            return bad(
+                "max_packet_length",
+                "must be between 1 KiB and 20 MiB (the server's range)",
+            );
+        }
+        if self.max_pending_messages == 0 {
+            return bad("max_pending_messages", "must be greater than zero");
+        }
+        if self.max_pending_bytes == 0 {
+            return bad("max_pending_bytes", "must be greater than zero");
+        }
+        if self.write_buffer_size == 0 || self.read_buffer_size == 0 {
+            return bad("write_buffer_size", "buffer sizes must be greater than zero");
+        }
+        if self.max_conn_lifetime.is_some_and(|d| d.is_zero()) {
+            return bad("max_conn_lifetime", "must be greater than zero when set");
+        }
+        crate::protocol::AddColumns::new(self.add_columns.iter().map(|(k, v)| (k, v)), "0.0.0.0")?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn valid() -> ProducerConfig {
+        ProducerConfig {
+            group_id: "g".into(),
+            endpoints: vec!["127.0.0.1:1".parse().unwrap()],
+            ..ProducerConfig::default()
+        }
+    }
+
+    #[test]
+    fn go_defaults() {
+        let config = ProducerConfig::default();
+        assert_eq!(config.send_timeout, Duration::from_secs(30));
+        assert_eq!(config.max_retries, 2);
+        assert_eq!(config.batching_max_publish_delay, Duration::from_millis(20));
+        assert_eq!(config.batching_max_messages, 50);
+        assert_eq!(config.batching_max_size, 40_960);
+        assert_eq!(config.max_pending_messages, 204_800);
+        assert_eq!(config.update_interval, Duration::from_secs(300));
+        assert_eq!(config.conn_timeout, Duration::from_secs(3));
+        assert!(!config.block_if_queue_full);
+        assert!(config.shards >= 1);
+        assert!(valid().validate().is_ok());
+    }
+
+    #[test]
+    fn absurd_values_are_refused() {
+        let cases: Vec<(&str, ProducerConfig)> = vec![
+            ("group_id", ProducerConfig { group_id: String::new(), ..valid() }),
+            ("group_id", ProducerConfig { group_id: "a b".into(), ..valid() }),
+            ("manager_url", ProducerConfig { endpoints: vec![], ..valid() }),
+            ("shards", ProducerConfig { shards: 0, ..valid() }),
+            ("batching_max_size", ProducerConfig { batching_max_size: 0, ..valid() }),
+            ("batching_max_messages", ProducerConfig { batching_max_messages: 0, ..valid() }),
+            ("send_timeout", ProducerConfig { send_timeout: Duration::ZERO, ..valid() }),
+            ("max_packet_length", ProducerConfig { max_packet_length: 10, ..valid() }),
+            ("max_pending_messages", ProducerConfig { max_pending_messages: 0, ..valid() }),
+            (
+                "add_columns",
+                ProducerConfig { add_columns: vec![("cnt".into(), "1".into())], ..valid() },
+            ),
+        ];
+        for (option, config) in cases {
+            let err = config.validate().unwrap_err();
+            let text = err.to_string();
+            assert!(
+                text.contains(option) || matches!(err, Error::InvalidField { .. }),
+                "{option}: {text}"
+            );
+        }
+        assert!(
+            ProducerConfig { max_retries: 0, ..valid() }.validate().is_ok(),
+            "0 retries is allowed"
+        );
+    }
+
+    #[test]
+    fn transport_parses() {
+        assert_eq!("epoll".parse::<Transport>().unwrap(), Transport::Epoll);
+        assert_eq!("io_uring".parse::<Transport>().unwrap(), Transport::IoUring);
+        assert!("kqueue".parse::<Transport>().is_err());
+    }
+}

@@ -1,0 +1,150 @@
+//! The producer's control thread: a small tokio runtime that owns everything slow and rare —
+//! the Manager lookup at start-up and the deadline timers of `flush`/`close` futures — so that
+//! shards never block on it and the futures the producer hands out work on any executor.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::task::Waker;
+use std::time::Instant;
+
+use tokio::runtime::Handle;
+use tokio::sync::oneshot;
+
+use crate::config::ProducerConfig;
+use crate::discovery::{self, ManagerClient, ManagerClientConfig, NodeListCache, Source};
+use crate::error::Error;
+
+/// The running control thread. Dropping it stops the thread.
+#[derive(Debug)]
+pub struct ControlThread {
+    handle: Handle,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ControlThread {
+    /// Starts the thread and its runtime.
+    pub fn start() -> Result<ControlThread, Error> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| Error::Transport(format!("control runtime: {e}")))?;
+        let handle = runtime.handle().clone();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("inlong-control".to_owned())
+            .spawn(move || {
+                runtime.block_on(async {
+                    let _ = stopped.await;
+                });
+            })
+            .map_err(|e| Error::Transport(format!("control thread: {e}")))?;
+        Ok(ControlThread { handle, stop: Some(stop), thread: Some(thread) })
+    }
+
+    /// Runs `future` on the control thread and blocks the caller until it finishes. Safe to call
+    /// from inside another async runtime: the work happens on the control thread.
+    pub fn run<F>(&self, future: F) -> Option<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.handle.spawn(async move {
+            let _ = tx.send(future.await);
+        });
+        rx.recv().ok()
+    }
+
+    /// Wakes `waker` at `deadline`.
+    pub fn wake_at(&self, deadline: Instant, waker: Waker) {
+        self.handle.spawn(async move {
+            tokio::time::sleep_until(deadline.into()).await;
+            waker.wake();
+        });
+    }
+}
+
+impl Drop for ControlThread {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The start-up node list and the frame limit the Manager asks for.
+#[derive(Debug, Clone)]
+pub struct Endpoints {
+    /// Resolved addresses, in the Manager's order.
+    pub addrs: Vec<SocketAddr>,
+    /// `maxPacketLength`, when the Manager sent one.
+    pub max_packet_length: Option<usize>,
+}
+
+/// Static endpoints, or one bounded Manager lookup (with the cache as a fallback).
+pub fn initial_endpoints(
+    control: &ControlThread,
+    config: &ProducerConfig,
+) -> Result<Endpoints, Error> {
+    let Some(url) = config.manager_url.clone().filter(|_| config.endpoints.is_empty()) else {
+        return Ok(Endpoints { addrs: config.endpoints.clone(), max_packet_length: None });
+    };
+    let client_config = ManagerClientConfig {
+        connect_timeout: config.manager_connect_timeout,
+        request_timeout: config.manager_request_timeout,
+        accept_invalid_certs: config.manager_accept_invalid_certs,
+        secret_id: config.secret_id.clone(),
+        secret_key: config.secret_key.as_ref().map(|secret| secret.0.clone()),
+        tenant: config.tenant.clone(),
+        auth_provider: config.auth_provider.clone(),
+        ..ManagerClientConfig::new(url.clone(), config.group_id.clone())
+    };
+    let cache = config.node_list_cache.then(|| {
+        let cache = match &config.node_list_cache_path {
+            Some(path) => NodeListCache::at_path(path.clone(), &url, &config.group_id),
+            None => NodeListCache::new(&url, &config.group_id),
+        };
+        cache.with_max_age(config.node_list_cache_max_age)
+    });
+    let lookup = async move {
+        let client = ManagerClient::new(client_config)?;
+        let (list, source) = discovery::initial_lookup(&client, cache.as_ref()).await?;
+        if let Source::Cache { age } = source {
+            tracing::warn!(
+                age_secs = age.as_secs(),
+                "manager unreachable; using the cached node list"
+            );
+        }
+        let mut addrs = Vec::new();
+        for endpoint in &list.endpoints {
+            match endpoint.to_socket_addr() {
+                Some(addr) => addrs.push(addr),
+                None => match tokio::net::lookup_host((endpoint.host(), endpoint.port())).await {
+                    Ok(mut resolved) => addrs.extend(resolved.next()),
+                    Err(error) => {
+                        tracing::warn!(%endpoint, %error, "cannot resolve a DataProxy node");
+                    }
+                },
+            }
+        }
+        Ok::<_, discovery::DiscoveryError>(Endpoints {
+            addrs,
+            max_packet_length: list.max_packet_length,
+        })
+    };
+    let endpoints = control
+        .run(lookup)
+        .ok_or_else(|| Error::Transport("control thread stopped".to_owned()))?
+        .map_err(|error| match error {
+            discovery::DiscoveryError::NoEndpoints => Error::NoEndpoints,
+            other => Error::Discovery(other),
+        })?;
+    if endpoints.addrs.is_empty() {
+        return Err(Error::NoEndpoints);
+    }
+    Ok(endpoints)
+}

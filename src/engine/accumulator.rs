@@ -1,0 +1,386 @@
+//! [`BatchAccumulator`]: one shard's open batches, one per stream, filled by the sending threads.
+//!
+//! A caller appends a record under the shard's accumulator lock: one lookup by stream, one copy
+//! of the payload into the open batch's body, no allocation once bodies are recycled. A batch is
+//! sealed when it reaches `batching_max_messages`, `batching_max_size` payload bytes, or the
+//! frame-size limit, or when its linger deadline passes (the shard calls
+//! [`BatchAccumulator::seal_expired`] exactly at the earliest deadline). Sealed batches wait here
+//! until the shard takes them: the only cross-thread handoff is per batch.
+//!
+//! Pure code: the caller passes `now`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::completion::{BatchCompletion, Callback};
+use crate::error::{Error, Field};
+use crate::protocol::{self, BatchBody, COMPRESS_THRESHOLD, TEXT_FRAME_OVERHEAD};
+use crate::record::StreamId;
+
+/// Limits a batch is sealed on.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchLimits {
+    /// `batching_max_messages`.
+    pub max_messages: u32,
+    /// `batching_max_size`, compared with the raw payload bytes of the batch.
+    pub max_payload_bytes: usize,
+    /// `batching_max_publish_delay`.
+    pub linger: Duration,
+    /// The frame size limit (`4 + totalLen`).
+    pub max_frame_len: usize,
+    /// Upper bound of the attribute string without the stream ID (group, `dt`, `mid`/`sid`,
+    /// `wid`, `cnt`, `cp`, add-columns).
+    pub attr_overhead: usize,
+    /// Whether bodies over 256 bytes are compressed (the worst case then is Snappy's bound).
+    pub compression: bool,
+}
+
+impl BatchLimits {
+    /// The largest uncompressed body whose frame, in the worst case, fits the frame limit.
+    pub fn max_body_len(&self, stream_len: usize) -> usize {
+        let fixed = TEXT_FRAME_OVERHEAD + self.attr_overhead + stream_len;
+        let Some(room) = self.max_frame_len.checked_sub(fixed) else { return 0 };
+        let worst = |body: usize| {
+            if self.compression && body > COMPRESS_THRESHOLD {
+                snap::raw::max_compress_len(body).max(body)
+            } else {
+                body
+            }
+        };
+        if worst(room) <= room {
+            return room;
+        }
+        // Snappy's bound is 32 + n + n/6: start just under the inverse and walk down.
+        let mut body = (room.saturating_sub(32)) * 6 / 7 + 1;
+        while body > 0 && worst(body) > room {
+            body -= 1;
+        }
+        body.max(room.min(COMPRESS_THRESHOLD))
+    }
+}
+
+/// A batch being filled.
+struct OpenBatch {
+    body: BatchBody,
+    completion: Arc<BatchCompletion>,
+    callbacks: Vec<(u32, u64, Callback)>,
+    opened_at: Instant,
+    max_body_len: usize,
+}
+
+/// A batch ready to be encoded and sent.
+pub struct SealedBatch {
+    /// The batch's stream.
+    pub stream_id: StreamId,
+    /// Its records.
+    pub body: BatchBody,
+    /// Shared with every record's future.
+    pub completion: Arc<BatchCompletion>,
+    /// `(record index, metadata, callback)` for records sent with a callback.
+    pub callbacks: Vec<(u32, u64, Callback)>,
+    /// When the batch was opened.
+    pub opened_at: Instant,
+}
+
+impl std::fmt::Debug for SealedBatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SealedBatch")
+            .field("stream_id", &self.stream_id)
+            .field("records", &self.body.count())
+            .field("callbacks", &self.callbacks.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where an appended record went.
+#[derive(Debug)]
+pub struct Appended {
+    /// The completion of the record's batch.
+    pub completion: Arc<BatchCompletion>,
+    /// True when the shard must be woken: a batch was sealed into an empty queue, or a new batch
+    /// opened (its linger deadline must be armed).
+    pub wake: bool,
+}
+
+/// See the module docs.
+pub struct BatchAccumulator {
+    limits: BatchLimits,
+    open: HashMap<StreamId, OpenBatch>,
+    sealed: Vec<SealedBatch>,
+    spare_bodies: Vec<BatchBody>,
+    closed: bool,
+}
+
+impl std::fmt::Debug for BatchAccumulator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BatchAccumulator")
+            .field("open", &self.open.len())
+            .field("sealed", &self.sealed.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl BatchAccumulator {
+    /// An empty accumulator.
+    pub fn new(limits: BatchLimits) -> BatchAccumulator {
+        BatchAccumulator {
+            limits,
+            open: HashMap::new(),
+            sealed: Vec::new(),
+            spare_bodies: Vec::new(),
+            closed: false,
+        }
+    }
+
+    /// Appends one record to its stream's open batch, sealing as the limits say.
+    ///
+    /// Fails, leaving nothing behind (the callback stays in `callback`), on an invalid stream ID or
+    /// payload, a record too large for a frame on its own, or after [`BatchAccumulator::close`].
+    pub fn append(
+        &mut self,
+        now: Instant,
+        stream_id: &StreamId,
+        payload: &[u8],
+        callback: &mut Option<(u64, Callback)>,
+    ) -> Result<Appended, Error> {
+        if self.closed {
+            return Err(Error::ProducerClosed);
+        }
+        protocol::validate_payload(payload)?;
+        let entry_len = 4 + payload.len() - usize::from(payload.ends_with(b"\n"));
+        let mut wake = false;
+        let fits = match self.open.get(stream_id.as_str()) {
+            Some(batch) => batch.body.len() + entry_len <= batch.max_body_len,
+            None => false,
+        };
+        if !fits {
+            // Sealed to make room; the new batch below wakes the shard anyway.
+            self.seal(stream_id.as_str());
+            protocol::validate_id(Field::StreamId, stream_id.as_str())?;
+            let max_body_len = self.limits.max_body_len(stream_id.as_str().len());
+            if entry_len > max_body_len {
+                let fixed =
+                    TEXT_FRAME_OVERHEAD + self.limits.attr_overhead + stream_id.as_str().len();
+                return Err(Error::TooLong {
+                    frame_len: fixed + entry_len,
+                    limit: self.limits.max_frame_len,
+                });
+            }
+            let body = self.spare_bodies.pop().unwrap_or_default();
+            let batch = OpenBatch {
+                body,
+                completion: BatchCompletion::new(),
+                callbacks: Vec::new(),
+                opened_at: now,
+                max_body_len,
+            };
+            self.open.insert(stream_id.clone(), batch);
+            wake = true;
+        }
+        let batch = self.open.get_mut(stream_id.as_str()).ok_or(Error::ProducerClosed)?;
+        batch.body.push(payload)?;
+        if let Some((metadata, callback)) = callback.take() {
+            batch.callbacks.push((batch.body.count() - 1, metadata, callback));
+        }
+        let completion = batch.completion.clone();
+        let full = batch.body.count() >= self.limits.max_messages
+            || batch.body.payload_bytes() >= self.limits.max_payload_bytes;
+        if full {
+            wake |= self.seal(stream_id.as_str());
+        }
+        Ok(Appended { completion, wake })
+    }
+
+    /// Moves the open batch of `stream` to the sealed queue; true when the queue was empty.
+    fn seal(&mut self, stream: &str) -> bool {
+        let Some((stream_id, batch)) = self.open.remove_entry(stream) else { return false };
+        let was_empty = self.sealed.is_empty();
+        self.sealed.push(SealedBatch {
+            stream_id,
+            body: batch.body,
+            completion: batch.completion,
+            callbacks: batch.callbacks,
+            opened_at: batch.opened_at,
+        });
+        was_empty
+    }
+
+    /// Seals every batch whose linger deadline is at or before `now`.
+    pub fn seal_expired(&mut self, now: Instant) {
+        let linger = self.limits.linger;
+        let expired: Vec<StreamId> = self
+            .open
+            .iter()
+            .filter(|(_, batch)| batch.opened_at + linger <= now)
+            .map(|(stream, _)| stream.clone())
+            .collect();
+        for stream in expired {
+            self.seal(stream.as_str());
+        }
+    }
+
+    /// Seals every open batch (flush and close).
+    pub fn seal_all(&mut self) {
+        let streams: Vec<StreamId> = self.open.keys().cloned().collect();
+        for stream in streams {
+            self.seal(stream.as_str());
+        }
+    }
+
+    /// Refuses further records (they fail with `ProducerClosed`) and seals what is open.
+    pub fn close(&mut self) {
+        self.closed = true;
+        self.seal_all();
+    }
+
+    /// The earliest linger deadline of the open batches.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.open.values().map(|batch| batch.opened_at + self.limits.linger).min()
+    }
+
+    /// Moves the sealed batches into `out`.
+    pub fn take_sealed(&mut self, out: &mut Vec<SealedBatch>) {
+        out.append(&mut self.sealed);
+    }
+
+    /// Gives an emptied body back for reuse (at most a few are kept).
+    pub fn recycle(&mut self, mut body: BatchBody) {
+        if self.spare_bodies.len() < 64 {
+            body.clear();
+            self.spare_bodies.push(body);
+        }
+    }
+
+    /// Open batches.
+    pub fn open_batches(&self) -> usize {
+        self.open.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> BatchLimits {
+        BatchLimits {
+            max_messages: 3,
+            max_payload_bytes: 100,
+            linger: Duration::from_millis(20),
+            max_frame_len: 4096,
+            attr_overhead: 120,
+            compression: true,
+        }
+    }
+
+    fn stream(name: &'static str) -> StreamId {
+        StreamId::from(name)
+    }
+
+    #[test]
+    fn seals_on_count() {
+        let mut acc = BatchAccumulator::new(limits());
+        let now = Instant::now();
+        let first = acc.append(now, &stream("s"), b"a", &mut None).unwrap();
+        assert!(first.wake, "a new batch arms the linger timer");
+        assert!(!acc.append(now, &stream("s"), b"b", &mut None).unwrap().wake);
+        let third = acc.append(now, &stream("s"), b"c", &mut None).unwrap();
+        assert!(third.wake, "sealed into an empty queue");
+        assert!(Arc::ptr_eq(&first.completion, &third.completion));
+        let mut sealed = Vec::new();
+        acc.take_sealed(&mut sealed);
+        assert_eq!(sealed.len(), 1);
+        assert_eq!(sealed[0].body.count(), 3);
+        assert_eq!(acc.open_batches(), 0);
+    }
+
+    #[test]
+    fn seals_on_payload_bytes_and_keeps_streams_apart() {
+        let mut acc = BatchAccumulator::new(limits());
+        let now = Instant::now();
+        acc.append(now, &stream("a"), &[b'x'; 60], &mut None).unwrap();
+        acc.append(now, &stream("b"), &[b'y'; 10], &mut None).unwrap();
+        acc.append(now, &stream("a"), &[b'x'; 40], &mut None).unwrap();
+        let mut sealed = Vec::new();
+        acc.take_sealed(&mut sealed);
+        assert_eq!(sealed.len(), 1);
+        assert_eq!(sealed[0].stream_id.as_str(), "a");
+        assert_eq!(acc.open_batches(), 1);
+    }
+
+    #[test]
+    fn linger_deadline_is_exact() {
+        let mut acc = BatchAccumulator::new(limits());
+        let t0 = Instant::now();
+        acc.append(t0, &stream("s"), b"a", &mut None).unwrap();
+        acc.append(t0 + Duration::from_millis(5), &stream("t"), b"a", &mut None).unwrap();
+        assert_eq!(acc.next_deadline(), Some(t0 + Duration::from_millis(20)));
+        acc.seal_expired(t0 + Duration::from_millis(19));
+        assert_eq!(acc.open_batches(), 2);
+        acc.seal_expired(t0 + Duration::from_millis(20));
+        assert_eq!(acc.open_batches(), 1);
+        assert_eq!(acc.next_deadline(), Some(t0 + Duration::from_millis(25)));
+    }
+
+    #[test]
+    fn frame_limit_seals_before_overflowing_and_refuses_giants() {
+        let mut acc = BatchAccumulator::new(BatchLimits {
+            max_payload_bytes: 1 << 20,
+            max_messages: 1000,
+            ..limits()
+        });
+        let now = Instant::now();
+        let max = limits().max_body_len(1);
+        let record = vec![b'r'; max / 2];
+        acc.append(now, &stream("s"), &record, &mut None).unwrap();
+        acc.append(now, &stream("s"), &record, &mut None).unwrap();
+        let mut sealed = Vec::new();
+        acc.take_sealed(&mut sealed);
+        assert_eq!(sealed.len(), 1, "the second record did not fit with the first");
+        assert_eq!(sealed[0].body.count(), 1);
+        let giant = vec![b'g'; 5000];
+        let err = acc.append(now, &stream("s"), &giant, &mut None).unwrap_err();
+        assert!(matches!(err, Error::TooLong { limit: 4096, .. }), "{err:?}");
+    }
+
+    #[test]
+    fn worst_case_body_fits_the_frame() {
+        for max_frame_len in [1024usize, 4096, 65_536, 524_288] {
+            let limits = BatchLimits { max_frame_len, ..limits() };
+            let body = limits.max_body_len(10);
+            let worst = snap::raw::max_compress_len(body).max(body);
+            assert!(TEXT_FRAME_OVERHEAD + 130 + worst <= max_frame_len, "{max_frame_len}");
+            let room = max_frame_len - TEXT_FRAME_OVERHEAD - 130;
+            assert!(body + 2 >= (room - 32) * 6 / 7, "{max_frame_len}: {body} wastes room");
+        }
+    }
+
+    #[test]
+    fn bad_input_is_refused_and_leaves_nothing() {
+        let mut acc = BatchAccumulator::new(limits());
+        let now = Instant::now();
+        assert_eq!(acc.append(now, &stream("s"), b"", &mut None).unwrap_err().code(), 10010);
+        assert_eq!(acc.append(now, &stream("s"), b"\n", &mut None).unwrap_err().code(), 10010);
+        assert_eq!(acc.append(now, &stream("a b"), b"x", &mut None).unwrap_err().code(), 10010);
+        assert_eq!(acc.append(now, &stream("a&b"), b"x", &mut None).unwrap_err().code(), 10010);
+        assert_eq!(acc.open_batches(), 0);
+        acc.close();
+        assert_eq!(
+            acc.append(now, &stream("s"), b"x", &mut None).unwrap_err(),
+            Error::ProducerClosed
+        );
+    }
+
+    #[test]
+    fn callbacks_keep_record_index_and_metadata() {
+        let mut acc = BatchAccumulator::new(limits());
+        let now = Instant::now();
+        acc.append(now, &stream("s"), b"a", &mut None).unwrap();
+        acc.append(now, &stream("s"), b"b", &mut Some((42, Box::new(|_| {})))).unwrap();
+        acc.seal_all();
+        let mut sealed = Vec::new();
+        acc.take_sealed(&mut sealed);
+        let (index, metadata, _) = &sealed[0].callbacks[0];
+        assert_eq!((*index, *metadata), (1, 42));
+    }
+}

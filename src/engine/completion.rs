@@ -1,0 +1,170 @@
+//! Per-batch completion state shared by the shard that resolves a batch and the
+//! [`DeliveryFuture`](crate::DeliveryFuture)s of its records.
+//!
+//! One [`BatchCompletion`] is allocated per batch, never per record: each record's future holds
+//! an `Arc` to its batch's completion plus its own metadata. The shard resolves it exactly once;
+//! resolving wakes every registered waker and runs every callback of the batch.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use crate::error::Error;
+
+/// What the application learns about a delivered record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeliveryReport {
+    /// The producer's numeric ID of the batch that carried the record (the wire `mid` is this
+    /// ID prefixed with the producer's tag).
+    pub batch_id: u64,
+    /// The DataProxy node that acknowledged the batch.
+    pub endpoint: SocketAddr,
+    /// From the batch being opened (at most the linger delay after the record was sent) to its ack.
+    pub latency: Duration,
+    /// Attempts after the first that the batch needed.
+    pub retries: u32,
+    /// The record's user metadata ([`Record::with_metadata`](crate::Record::with_metadata)).
+    pub metadata: u64,
+}
+
+/// How a batch ended well: what every record's report is built from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchOutcome {
+    /// Numeric batch ID.
+    pub batch_id: u64,
+    /// The acknowledging node.
+    pub endpoint: SocketAddr,
+    /// Attempts after the first.
+    pub retries: u32,
+    /// When the batch was opened.
+    pub opened_at: Instant,
+    /// When the ack arrived.
+    pub acked_at: Instant,
+}
+
+impl BatchOutcome {
+    /// The report of the record carrying `metadata`.
+    pub fn report(&self, metadata: u64) -> DeliveryReport {
+        DeliveryReport {
+            batch_id: self.batch_id,
+            endpoint: self.endpoint,
+            latency: self.acked_at.saturating_duration_since(self.opened_at),
+            retries: self.retries,
+            metadata,
+        }
+    }
+}
+
+/// A user callback for one record.
+pub type Callback = Box<dyn FnOnce(Result<DeliveryReport, Error>) + Send + 'static>;
+
+/// The shared, resolve-once state of one batch.
+#[derive(Debug, Default)]
+pub struct BatchCompletion {
+    done: AtomicBool,
+    state: Mutex<CompletionState>,
+}
+
+#[derive(Debug, Default)]
+struct CompletionState {
+    outcome: Option<Result<BatchOutcome, Error>>,
+    wakers: Vec<Waker>,
+}
+
+impl BatchCompletion {
+    /// A fresh, unresolved completion.
+    pub fn new() -> Arc<BatchCompletion> {
+        Arc::new(BatchCompletion::default())
+    }
+
+    fn lock(&self) -> MutexGuard<'_, CompletionState> {
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Stores the outcome and wakes every waiting future. Only the first call has an effect;
+    /// returns whether it was that call.
+    pub fn resolve(&self, outcome: Result<BatchOutcome, Error>) -> bool {
+        let wakers = {
+            let mut state = self.lock();
+            if state.outcome.is_some() {
+                return false;
+            }
+            state.outcome = Some(outcome);
+            self.done.store(true, Ordering::Release);
+            std::mem::take(&mut state.wakers)
+        };
+        for waker in wakers {
+            waker.wake();
+        }
+        true
+    }
+
+    /// True once resolved.
+    pub fn is_resolved(&self) -> bool {
+        self.done.load(Ordering::Acquire)
+    }
+
+    /// The outcome if resolved.
+    pub fn outcome(&self) -> Option<Result<BatchOutcome, Error>> {
+        if !self.is_resolved() {
+            return None;
+        }
+        self.lock().outcome.clone()
+    }
+
+    /// Polls for the outcome, registering `cx`'s waker when not yet resolved.
+    pub fn poll_outcome(&self, cx: &mut Context<'_>) -> Poll<Result<BatchOutcome, Error>> {
+        if self.is_resolved() {
+            if let Some(outcome) = self.lock().outcome.clone() {
+                return Poll::Ready(outcome);
+            }
+        }
+        let mut state = self.lock();
+        if let Some(outcome) = state.outcome.clone() {
+            return Poll::Ready(outcome);
+        }
+        if !state.wakers.iter().any(|waker| waker.will_wake(cx.waker())) {
+            state.wakers.push(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+    use std::task::Wake;
+
+    struct CountingWaker(AtomicUsize);
+
+    impl Wake for CountingWaker {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn resolves_once_and_wakes_each_waiter_once() {
+        let completion = BatchCompletion::new();
+        let counter = Arc::new(CountingWaker(AtomicUsize::new(0)));
+        let waker = Waker::from(counter.clone());
+        let mut cx = Context::from_waker(&waker);
+        assert!(completion.poll_outcome(&mut cx).is_pending());
+        assert!(completion.poll_outcome(&mut cx).is_pending(), "same waker registered once");
+        let outcome = BatchOutcome {
+            batch_id: 1,
+            endpoint: "127.0.0.1:1".parse().unwrap(),
+            retries: 0,
+            opened_at: Instant::now(),
+            acked_at: Instant::now(),
+        };
+        assert!(completion.resolve(Ok(outcome)));
+        assert!(!completion.resolve(Err(Error::ProducerClosed)), "second resolve ignored");
+        assert_eq!(counter.0.load(Ordering::SeqCst), 1);
+        assert_eq!(completion.poll_outcome(&mut cx), Poll::Ready(Ok(outcome)));
+        assert_eq!(outcome.report(5).metadata, 5);
+    }
+}

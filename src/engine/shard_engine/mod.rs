@@ -1,0 +1,690 @@
+//! [`ShardEngine`]: one shard's in-flight batches, connections, retries, timeouts and heartbeats.
+//!
+//! Sans-IO: the shard's I/O shell feeds it sealed batches, reply bytes, connection events and the
+//! current time, and asks it for bytes to write ([`ShardEngine::poll_transmit`]), the next
+//! deadline ([`ShardEngine::poll_timeout`]) and connections to close
+//! ([`ShardEngine::poll_event`]). It never reads the clock and never touches a socket, so every
+//! path — ack, server error, retry, timeout, connection loss, heartbeat loss — is unit-tested with
+//! injected time.
+//!
+//! Every batch has one owner here from `enqueue` until it is resolved, exactly once, through its
+//! [`BatchCompletion`]: acked, failed with a server code, or failed after its attempts.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::accumulator::SealedBatch;
+use super::budget::PendingBudget;
+use super::completion::{BatchCompletion, BatchOutcome, Callback};
+use crate::error::Error;
+use crate::protocol::{
+    self, AddColumns, BatchBody, BatchHeader, FrameEncoder, FrameError, Reply, HEARTBEAT_REQUEST,
+    MAX_REPLY_FRAME_LEN,
+};
+use crate::record::StreamId;
+
+/// A connection, named by the shell.
+pub type ConnId = u64;
+
+/// Server codes that mean "not accepted, safe to send again" (`PROTOCOL.md` §3.9).
+const RETRYABLE_SERVER_CODES: [i32; 4] = [1, 2, 3, 114];
+/// `SERVICE_CLOSED`: the node is going offline; stop using the connection.
+const SERVICE_CLOSED: i32 = 2;
+
+/// The engine's settings (from [`ProducerConfig`](crate::ProducerConfig)).
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// `groupId` of every batch.
+    pub group_id: String,
+    /// `wid`: this shard's index.
+    pub wid: u32,
+    /// Prefix of every `mid` (unique per producer), followed by the decimal batch ID.
+    pub mid_prefix: String,
+    /// Ack deadline of one attempt.
+    pub send_timeout: Duration,
+    /// Attempts after the first.
+    pub max_retries: u32,
+    /// First backoff.
+    pub retry_initial_interval: Duration,
+    /// Backoff cap.
+    pub retry_max_interval: Duration,
+    /// Retry codes 1, 2, 3 and 114.
+    pub retry_on_server_error: bool,
+    /// Frame size limit.
+    pub max_frame_len: usize,
+    /// Idle time before a heartbeat.
+    pub heartbeat_interval: Duration,
+    /// Heartbeat reply deadline.
+    pub heartbeat_timeout: Duration,
+    /// Bytes queued per connection before the engine stops assigning it batches.
+    pub write_buffer_size: usize,
+    /// Compress bodies over 256 bytes.
+    pub compression: bool,
+    /// Add-columns of every batch.
+    pub add_columns: AddColumns,
+    /// Seed of the backoff jitter.
+    pub seed: u64,
+}
+
+/// Bytes to write on one connection. Give the buffer back with [`ShardEngine::write_done`].
+#[derive(Debug)]
+pub struct Transmit {
+    /// The connection.
+    pub conn: ConnId,
+    /// Whole frames, possibly several coalesced.
+    pub bytes: Vec<u8>,
+}
+
+/// Something the shell must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EngineEvent {
+    /// Close this connection (then report it with [`ShardEngine::conn_lost`]).
+    CloseConn {
+        /// The connection.
+        conn: ConnId,
+        /// Why, for the log.
+        reason: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BatchState {
+    Queued { since: Instant },
+    Sent { conn: ConnId, deadline: Instant },
+    Backoff,
+}
+
+struct Inflight {
+    frame: Vec<u8>,
+    body: Option<BatchBody>,
+    records: u32,
+    payload_bytes: u64,
+    completion: Arc<BatchCompletion>,
+    callbacks: Vec<(u32, u64, Callback)>,
+    /// Sends started so far.
+    attempts: u32,
+    state: BatchState,
+    last_conn: Option<ConnId>,
+    last_error: Option<Error>,
+    opened_at: Instant,
+    stream_id: StreamId,
+}
+
+struct Conn {
+    id: ConnId,
+    endpoint: SocketAddr,
+    /// No new batches: the server said it is going offline; closed once its replies are in.
+    draining: bool,
+    /// Asked the shell to close it (heartbeat lost); no more deadlines of its own.
+    doomed: bool,
+    writing: bool,
+    out: Vec<u8>,
+    read_buf: Vec<u8>,
+    /// Batches sent on this connection, oldest first, for FIFO matching of replies without
+    /// `mid` and for the per-connection send deadlines.
+    sent: VecDeque<(u64, u32)>,
+    heartbeats: VecDeque<Instant>,
+    last_write: Instant,
+}
+
+/// See the module docs.
+pub struct ShardEngine {
+    config: EngineConfig,
+    encoder: FrameEncoder,
+    budget: Arc<PendingBudget>,
+    batches: HashMap<u64, Inflight>,
+    queue: VecDeque<u64>,
+    backoffs: BinaryHeap<Reverse<(Instant, u64, u32)>>,
+    conns: Vec<Conn>,
+    events: VecDeque<EngineEvent>,
+    spare_buffers: Vec<Vec<u8>>,
+    spare_bodies: Vec<BatchBody>,
+    next_batch: u64,
+    rng: u64,
+    mid_buf: String,
+}
+
+impl std::fmt::Debug for ShardEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShardEngine")
+            .field("wid", &self.config.wid)
+            .field("inflight", &self.batches.len())
+            .field("queued", &self.queue.len())
+            .field("conns", &self.conns.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ShardEngine {
+    /// An engine with no batches and no connections.
+    pub fn new(config: EngineConfig, budget: Arc<PendingBudget>) -> ShardEngine {
+        let mut encoder = FrameEncoder::new();
+        encoder.set_compression(config.compression);
+        let rng = config.seed | 1;
+        ShardEngine {
+            config,
+            encoder,
+            budget,
+            batches: HashMap::new(),
+            queue: VecDeque::new(),
+            backoffs: BinaryHeap::new(),
+            conns: Vec::new(),
+            events: VecDeque::new(),
+            spare_buffers: Vec::new(),
+            spare_bodies: Vec::new(),
+            next_batch: 1,
+            rng,
+            mid_buf: String::new(),
+        }
+    }
+
+    /// Batches not yet resolved.
+    pub fn inflight(&self) -> usize {
+        self.batches.len()
+    }
+
+    /// Connections known to the engine.
+    pub fn conns(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Bodies emptied by encoding, for the accumulator to reuse.
+    pub fn take_spare_bodies(&mut self) -> impl Iterator<Item = BatchBody> + '_ {
+        self.spare_bodies.drain(..)
+    }
+
+    /// Encodes a sealed batch and queues it for sending. `dt_ms` is the wall-clock time in
+    /// milliseconds written as `dt` (kept for every retry, like Go).
+    pub fn enqueue(&mut self, now: Instant, batch: SealedBatch, dt_ms: u64) {
+        let id = self.next_batch;
+        self.next_batch += 1;
+        self.mid_buf.clear();
+        self.mid_buf.push_str(&self.config.mid_prefix);
+        {
+            use std::fmt::Write;
+            let _ = write!(self.mid_buf, "{id}");
+        }
+        let header = BatchHeader {
+            group_id: &self.config.group_id,
+            stream_id: batch.stream_id.as_str(),
+            dt_ms,
+            mid: &self.mid_buf,
+            wid: self.config.wid,
+        };
+        let mut frame = self.spare_buffers.pop().unwrap_or_default();
+        frame.clear();
+        let records = batch.body.count();
+        let payload_bytes = batch.body.payload_bytes() as u64;
+        let encoded = self.encoder.encode(
+            &header,
+            &batch.body,
+            &self.config.add_columns,
+            self.config.max_frame_len,
+            &mut frame,
+        );
+        let mut inflight = Inflight {
+            frame,
+            body: Some(batch.body),
+            records,
+            payload_bytes,
+            completion: batch.completion,
+            callbacks: batch.callbacks,
+            attempts: 0,
+            state: BatchState::Queued { since: now },
+            last_conn: None,
+            last_error: None,
+            opened_at: batch.opened_at,
+            stream_id: batch.stream_id,
+        };
+        if let Some(body) = inflight.body.take() {
+            self.spare_bodies.push(body);
+        }
+        match encoded {
+            Ok(_) => {
+                self.batches.insert(id, inflight);
+                self.queue.push_back(id);
+            }
+            Err(error) => {
+                // The accumulator keeps batches under the limit; a Manager that lowered it
+                // after the batch was opened can still make this happen.
+                self.resolve_failed(id, &mut inflight, error);
+            }
+        }
+    }
+
+    /// A connection to `endpoint` is ready to carry batches. Connections added first are
+    /// preferred.
+    pub fn add_conn(&mut self, now: Instant, conn: ConnId, endpoint: SocketAddr) {
+        self.conns.push(Conn {
+            id: conn,
+            endpoint,
+            draining: false,
+            doomed: false,
+            writing: false,
+            out: self.spare_buffers.pop().unwrap_or_default(),
+            read_buf: Vec::new(),
+            sent: VecDeque::new(),
+            heartbeats: VecDeque::new(),
+            last_write: now,
+        });
+    }
+
+    /// The connection is gone (closed, reset, write or read failure). Its in-flight batches are
+    /// retried at once on another connection, or failed if out of attempts.
+    pub fn conn_lost(&mut self, now: Instant, conn: ConnId, reason: &str) {
+        let Some(index) = self.conns.iter().position(|c| c.id == conn) else { return };
+        let lost = self.conns.remove(index);
+        let cause = Error::ConnectionLost { endpoint: lost.endpoint, reason: reason.to_owned() };
+        // Oldest first, so the retries keep their order at the front of the queue.
+        let mut retry = Vec::new();
+        for &(id, attempt) in &lost.sent {
+            if let Some(batch) = self.batches.get(&id) {
+                if batch.attempts == attempt
+                    && matches!(batch.state, BatchState::Sent { conn: c, .. } if c == conn)
+                {
+                    retry.push(id);
+                }
+            }
+        }
+        for id in retry.into_iter().rev() {
+            self.retry_or_fail(now, id, cause.clone(), false);
+        }
+        self.recycle(lost.out);
+    }
+
+    /// Bytes read from `conn`. A reply stream that cannot be decoded asks the shell to close
+    /// the connection ([`EngineEvent::CloseConn`]).
+    pub fn on_bytes(&mut self, now: Instant, conn: ConnId, data: &[u8]) {
+        let Some(index) = self.conns.iter().position(|c| c.id == conn) else { return };
+        let mut read_buf = std::mem::take(&mut self.conns[index].read_buf);
+        read_buf.extend_from_slice(data);
+        let mut at = 0;
+        let mut failure = None;
+        loop {
+            match protocol::split_frame(&read_buf[at..], MAX_REPLY_FRAME_LEN) {
+                Ok(Some(len)) => {
+                    if let Err(error) = self.on_frame(now, index, &read_buf[at..at + len]) {
+                        failure = Some(error);
+                        break;
+                    }
+                    at += len;
+                }
+                Ok(None) => break,
+                Err(error) => {
+                    failure = Some(error);
+                    break;
+                }
+            }
+        }
+        read_buf.drain(..at);
+        if let Some(error) = failure {
+            read_buf.clear();
+            self.events
+                .push_back(EngineEvent::CloseConn { conn, reason: format!("bad reply: {error}") });
+        }
+        if let Some(c) = self.conns.iter_mut().find(|c| c.id == conn) {
+            c.read_buf = read_buf;
+        }
+        self.close_drained(conn);
+    }
+
+    fn on_frame(&mut self, now: Instant, index: usize, frame: &[u8]) -> Result<(), FrameError> {
+        let reply = match protocol::decode_reply(frame)? {
+            Reply::Heartbeat => {
+                self.conns[index].heartbeats.pop_front();
+                return Ok(());
+            }
+            Reply::Batch(reply) => reply,
+        };
+        let conn = &mut self.conns[index];
+        let (conn_id, endpoint) = (conn.id, conn.endpoint);
+        // Match by mid; a reply without one answers the oldest batch on the connection.
+        let id = match reply.mid {
+            Some(mid) => {
+                let id = std::str::from_utf8(mid)
+                    .ok()
+                    .and_then(|mid| mid.strip_prefix(self.config.mid_prefix.as_str()))
+                    .and_then(|id| id.parse::<u64>().ok());
+                if let Some(id) = id {
+                    if let Some(pos) = conn.sent.iter().position(|&(sent, _)| sent == id) {
+                        conn.sent.remove(pos);
+                    }
+                }
+                id
+            }
+            None => conn.sent.pop_front().map(|(id, _)| id),
+        };
+        let Some(id) = id else {
+            tracing::debug!(conn = conn_id, "reply matches no batch");
+            return Ok(());
+        };
+        let Some(batch) = self.batches.get(&id) else {
+            tracing::debug!(conn = conn_id, batch = id, "late reply to a resolved batch");
+            return Ok(());
+        };
+        if let BatchState::Sent { conn: other, .. } = batch.state {
+            if other != conn_id && reply.err_code != 0 {
+                // An error about an attempt that was already superseded.
+                return Ok(());
+            }
+        } else if reply.err_code != 0 {
+            return Ok(());
+        }
+        match reply.err_code {
+            0 => {
+                let outcome = BatchOutcome {
+                    batch_id: id,
+                    endpoint,
+                    retries: batch.attempts.saturating_sub(1),
+                    opened_at: batch.opened_at,
+                    acked_at: now,
+                };
+                self.resolve(id, Ok(outcome));
+            }
+            code if self.config.retry_on_server_error && RETRYABLE_SERVER_CODES.contains(&code) => {
+                if code == SERVICE_CLOSED {
+                    self.conns[index].draining = true;
+                }
+                let cause =
+                    Error::Server { code, message: reply.err_msg_lossy(), endpoint, batch_id: id };
+                self.retry_or_fail(now, id, cause, true);
+            }
+            code => {
+                let error =
+                    Error::Server { code, message: reply.err_msg_lossy(), endpoint, batch_id: id };
+                self.resolve(id, Err(error));
+            }
+        }
+        Ok(())
+    }
+
+    /// Closes a draining connection once every batch it carried is answered.
+    fn close_drained(&mut self, conn: ConnId) {
+        let Some(c) = self.conns.iter().find(|c| c.id == conn) else { return };
+        if c.draining && self.live_sent(c) == 0 {
+            let event = EngineEvent::CloseConn {
+                conn,
+                reason: "server is going offline (code 2)".to_owned(),
+            };
+            if !self.events.contains(&event) {
+                self.events.push_back(event);
+            }
+        }
+    }
+
+    fn live_sent(&self, conn: &Conn) -> usize {
+        conn.sent
+            .iter()
+            .filter(|(id, attempt)| {
+                self.batches.get(id).is_some_and(|b| {
+                    b.attempts == *attempt
+                        && matches!(b.state, BatchState::Sent { conn: c, .. } if c == conn.id)
+                })
+            })
+            .count()
+    }
+
+    /// Bytes to write next, if any: every queued batch that has a connection is framed into its
+    /// connection's buffer, and one connection's whole buffer is handed out at a time.
+    pub fn poll_transmit(&mut self, now: Instant) -> Option<Transmit> {
+        self.assign_queued(now);
+        let conn = self.conns.iter_mut().find(|c| !c.writing && !c.out.is_empty())?;
+        conn.writing = true;
+        let spare = self.spare_buffers.pop().unwrap_or_default();
+        let bytes = std::mem::replace(&mut conn.out, spare);
+        Some(Transmit { conn: conn.id, bytes })
+    }
+
+    fn assign_queued(&mut self, now: Instant) {
+        while let Some(&id) = self.queue.front() {
+            let Some(batch) = self.batches.get(&id) else {
+                self.queue.pop_front();
+                continue;
+            };
+            let usable =
+                |c: &Conn| !c.draining && !c.doomed && c.out.len() < self.config.write_buffer_size;
+            let choice = self
+                .conns
+                .iter()
+                .position(|c| usable(c) && Some(c.id) != batch.last_conn)
+                .or_else(|| self.conns.iter().position(usable));
+            let Some(index) = choice else { return };
+            self.queue.pop_front();
+            let Some(batch) = self.batches.get_mut(&id) else { continue };
+            let conn = &mut self.conns[index];
+            batch.attempts += 1;
+            batch.last_conn = Some(conn.id);
+            batch.state =
+                BatchState::Sent { conn: conn.id, deadline: now + self.config.send_timeout };
+            conn.out.extend_from_slice(&batch.frame);
+            conn.sent.push_back((id, batch.attempts));
+        }
+    }
+
+    /// The shell wrote `bytes` (successfully) on `conn`; the buffer comes back for reuse.
+    pub fn write_done(&mut self, now: Instant, conn: ConnId, bytes: Vec<u8>) {
+        if let Some(c) = self.conns.iter_mut().find(|c| c.id == conn) {
+            c.writing = false;
+            c.last_write = now;
+        }
+        self.recycle(bytes);
+    }
+
+    fn recycle(&mut self, mut buffer: Vec<u8>) {
+        if self.spare_buffers.len() < 64
+            && buffer.capacity() <= 4 * self.config.max_frame_len.max(1 << 20)
+        {
+            buffer.clear();
+            self.spare_buffers.push(buffer);
+        }
+    }
+
+    /// The next instant [`ShardEngine::handle_timeout`] must run at.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let mut next: Option<Instant> = None;
+        let mut consider = |at: Instant| next = Some(next.map_or(at, |n| n.min(at)));
+        if let Some(Reverse((at, _, _))) = self.backoffs.peek() {
+            consider(*at);
+        }
+        if let Some(batch) = self.queue.front().and_then(|id| self.batches.get(id)) {
+            if let BatchState::Queued { since } = batch.state {
+                consider(since + self.config.send_timeout);
+            }
+        }
+        for conn in self.conns.iter().filter(|c| !c.doomed) {
+            if let Some(deadline) = self.oldest_sent_deadline(conn) {
+                consider(deadline);
+            }
+            match conn.heartbeats.front() {
+                Some(&deadline) => consider(deadline),
+                None => consider(conn.last_write + self.config.heartbeat_interval),
+            }
+        }
+        next
+    }
+
+    fn oldest_sent_deadline(&self, conn: &Conn) -> Option<Instant> {
+        conn.sent.iter().find_map(|(id, attempt)| {
+            let batch = self.batches.get(id)?;
+            match batch.state {
+                BatchState::Sent { conn: c, deadline }
+                    if c == conn.id && batch.attempts == *attempt =>
+                {
+                    Some(deadline)
+                }
+                _ => None,
+            }
+        })
+    }
+
+    /// Runs everything due at `now`: ack deadlines, backoffs, heartbeats.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        // Backoffs that are over go back to the front of the queue, oldest first.
+        let mut due = Vec::new();
+        while let Some(&Reverse((at, id, attempt))) = self.backoffs.peek() {
+            if at > now {
+                break;
+            }
+            self.backoffs.pop();
+            if let Some(batch) = self.batches.get_mut(&id) {
+                if batch.attempts == attempt && batch.state == BatchState::Backoff {
+                    batch.state = BatchState::Queued { since: now };
+                    due.push(id);
+                }
+            }
+        }
+        for id in due.into_iter().rev() {
+            self.queue.push_front(id);
+        }
+        // A batch that found no connection for a whole send timeout counts as a failed attempt.
+        while let Some(&id) = self.queue.front() {
+            let Some(batch) = self.batches.get(&id) else {
+                self.queue.pop_front();
+                continue;
+            };
+            match batch.state {
+                BatchState::Queued { since } if since + self.config.send_timeout <= now => {
+                    self.queue.pop_front();
+                    if let Some(batch) = self.batches.get_mut(&id) {
+                        batch.attempts += 1;
+                    }
+                    self.retry_or_fail(now, id, Error::NoEndpoints, true);
+                }
+                _ => break,
+            }
+        }
+        // Ack deadlines: each connection's sends are in deadline order.
+        let mut expired = Vec::new();
+        for conn in &self.conns {
+            for &(id, attempt) in &conn.sent {
+                let Some(batch) = self.batches.get(&id) else { continue };
+                match batch.state {
+                    BatchState::Sent { conn: c, deadline }
+                        if c == conn.id && batch.attempts == attempt =>
+                    {
+                        if deadline > now {
+                            break;
+                        }
+                        expired.push((id, conn.id, conn.endpoint));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        for (id, conn, endpoint) in expired {
+            let cause = Error::AckTimeout { endpoint, timeout: self.config.send_timeout };
+            self.retry_or_fail(now, id, cause, true);
+            // Is the connection itself dead? Probe it now instead of waiting for it to idle.
+            if let Some(c) = self.conns.iter_mut().find(|c| c.id == conn) {
+                if c.heartbeats.is_empty() {
+                    c.out.extend_from_slice(&HEARTBEAT_REQUEST);
+                    c.heartbeats.push_back(now + self.config.heartbeat_timeout);
+                }
+            }
+        }
+        // Heartbeats: send on idle connections, close those whose reply is overdue.
+        for conn in &mut self.conns {
+            match conn.heartbeats.front() {
+                Some(&deadline) if deadline <= now && !conn.doomed => {
+                    conn.doomed = true;
+                    let reason = "heartbeat reply missing".to_owned();
+                    self.events.push_back(EngineEvent::CloseConn { conn: conn.id, reason });
+                }
+                Some(_) => {}
+                None if conn.last_write + self.config.heartbeat_interval <= now => {
+                    conn.out.extend_from_slice(&HEARTBEAT_REQUEST);
+                    conn.heartbeats.push_back(now + self.config.heartbeat_timeout);
+                    conn.last_write = now;
+                }
+                None => {}
+            }
+        }
+    }
+
+    /// The next thing the shell must do, if any.
+    pub fn poll_event(&mut self) -> Option<EngineEvent> {
+        self.events.pop_front()
+    }
+
+    fn backoff(&mut self, attempts: u32) -> Duration {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        // A uniform draw in [-1, 1).
+        #[allow(clippy::cast_precision_loss)]
+        let unit = (self.rng >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0;
+        let exponent = attempts.saturating_sub(1).min(30);
+        let base = self.config.retry_initial_interval.as_secs_f64() * f64::from(1u32 << exponent);
+        let jittered = base * (1.0 + 0.2 * unit);
+        Duration::from_secs_f64(jittered.min(self.config.retry_max_interval.as_secs_f64()))
+    }
+
+    /// Sends the batch again (at once, or after a backoff) if it has attempts left; otherwise
+    /// fails it with [`Error::SendTimeout`] carrying `cause`.
+    fn retry_or_fail(&mut self, now: Instant, id: u64, cause: Error, with_backoff: bool) {
+        let Some(batch) = self.batches.get_mut(&id) else { return };
+        batch.last_error = Some(cause);
+        if batch.attempts > self.config.max_retries {
+            let error = Error::SendTimeout {
+                batch_id: id,
+                attempts: batch.attempts,
+                last_error: batch.last_error.take().map(Box::new),
+            };
+            self.resolve(id, Err(error));
+            return;
+        }
+        let attempts = batch.attempts;
+        if with_backoff {
+            batch.state = BatchState::Backoff;
+            let delay = self.backoff(attempts);
+            self.backoffs.push(Reverse((now + delay, id, attempts)));
+        } else {
+            batch.state = BatchState::Queued { since: now };
+            self.queue.push_front(id);
+        }
+        tracing::debug!(batch = id, attempts, with_backoff, "retrying batch");
+    }
+
+    /// Fails every unresolved batch with `error` (close deadline, producer dropped).
+    pub fn fail_all(&mut self, error: &Error) {
+        let ids: Vec<u64> = self.batches.keys().copied().collect();
+        for id in ids {
+            self.resolve(id, Err(error.clone()));
+        }
+        self.queue.clear();
+        self.backoffs.clear();
+    }
+
+    fn resolve(&mut self, id: u64, outcome: Result<BatchOutcome, Error>) {
+        if let Some(mut batch) = self.batches.remove(&id) {
+            finish(&mut batch, outcome, &self.budget);
+            self.recycle(std::mem::take(&mut batch.frame));
+        }
+    }
+
+    fn resolve_failed(&mut self, _id: u64, batch: &mut Inflight, error: Error) {
+        finish(batch, Err(error), &self.budget);
+    }
+}
+
+/// Resolves the batch's completion, runs its callbacks and gives its room back.
+fn finish(batch: &mut Inflight, outcome: Result<BatchOutcome, Error>, budget: &PendingBudget) {
+    for (_, metadata, callback) in batch.callbacks.drain(..) {
+        let result = match &outcome {
+            Ok(outcome) => Ok(outcome.report(metadata)),
+            Err(error) => Err(error.clone()),
+        };
+        callback(result);
+    }
+    if let Err(error) = &outcome {
+        tracing::debug!(stream = %batch.stream_id, records = batch.records, %error, "batch failed");
+    }
+    batch.completion.resolve(outcome);
+    budget.release(u64::from(batch.records), batch.payload_bytes);
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,410 @@
+//! The engine driven by hand: injected time, a scripted server built on the local server's codec,
+//! no sockets and no sleeps.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::engine::accumulator::SealedBatch;
+use crate::protocol::BatchBody;
+use crate::server::codec::{decode_request, encode_reply, stored_attrs, IngestMode, Request};
+
+const SEND_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn config() -> EngineConfig {
+    EngineConfig {
+        group_id: "g".into(),
+        wid: 0,
+        mid_prefix: "t-".into(),
+        send_timeout: SEND_TIMEOUT,
+        max_retries: 2,
+        retry_initial_interval: Duration::from_millis(100),
+        retry_max_interval: Duration::from_secs(10),
+        retry_on_server_error: true,
+        max_frame_len: 524_288,
+        heartbeat_interval: Duration::from_secs(60),
+        heartbeat_timeout: Duration::from_secs(10),
+        write_buffer_size: 8 << 20,
+        compression: true,
+        add_columns: AddColumns::default(),
+        seed: 7,
+    }
+}
+
+struct Harness {
+    engine: ShardEngine,
+    budget: Arc<PendingBudget>,
+    now: Instant,
+}
+
+fn ep(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+impl Harness {
+    fn new(config: EngineConfig) -> Harness {
+        let budget = Arc::new(PendingBudget::new(1000, 1 << 20));
+        Harness { engine: ShardEngine::new(config, budget.clone()), budget, now: Instant::now() }
+    }
+
+    /// Enqueues a batch of `records` one-byte records and returns its completion.
+    fn batch(&mut self, records: u32) -> Arc<BatchCompletion> {
+        let mut body = BatchBody::new();
+        for _ in 0..records {
+            assert!(self.budget.try_acquire(1));
+            body.push(b"x").unwrap();
+        }
+        let completion = BatchCompletion::new();
+        let sealed = SealedBatch {
+            stream_id: "s".into(),
+            body,
+            completion: completion.clone(),
+            callbacks: Vec::new(),
+            opened_at: self.now,
+        };
+        self.engine.enqueue(self.now, sealed, 1_700_000_000_000);
+        completion
+    }
+
+    /// Everything the engine wants written, per connection, as (conn, frames).
+    fn transmit(&mut self) -> Vec<(ConnId, Vec<Vec<u8>>)> {
+        let mut out = Vec::new();
+        while let Some(transmit) = self.engine.poll_transmit(self.now) {
+            let mut frames = Vec::new();
+            let mut at = 0;
+            while let Some(len) = protocol::split_frame(&transmit.bytes[at..], usize::MAX).unwrap()
+            {
+                frames.push(transmit.bytes[at..at + len].to_vec());
+                at += len;
+            }
+            assert_eq!(at, transmit.bytes.len(), "only whole frames are written");
+            self.engine.write_done(self.now, transmit.conn, transmit.bytes);
+            out.push((transmit.conn, frames));
+        }
+        out
+    }
+
+    fn advance(&mut self, by: Duration) {
+        self.now += by;
+        self.engine.handle_timeout(self.now);
+    }
+
+    /// Runs the clock forward to each deadline until `until` passes.
+    fn run_until(&mut self, until: Instant) {
+        while let Some(at) = self.engine.poll_timeout() {
+            if at > until {
+                break;
+            }
+            self.now = self.now.max(at);
+            self.engine.handle_timeout(self.now);
+        }
+        self.now = until;
+    }
+}
+
+/// The local server's answer to `frame`: success, or `code`.
+fn reply(frame: &[u8], code: Option<i32>, with_mid: bool) -> Vec<u8> {
+    let mut scratch = Vec::new();
+    let Ok(Request::Batch(batch)) = decode_request(frame, IngestMode::Full, &mut scratch) else {
+        panic!("the engine wrote a frame the server refuses");
+    };
+    let mut out = Vec::new();
+    let echo = if with_mid { stored_attrs(&batch.attrs, 1).into_owned() } else { String::new() };
+    encode_reply(&mut out, 5, "10.0.0.1", code.map(|c| (c, None)), Some(&echo));
+    out
+}
+
+fn outcome(completion: &BatchCompletion) -> Option<Result<BatchOutcome, Error>> {
+    completion.outcome()
+}
+
+#[test]
+fn ack_resolves_the_batch_and_releases_the_budget() {
+    let mut h = Harness::new(config());
+    h.engine.add_conn(h.now, 1, ep(1));
+    let done = h.batch(3);
+    assert_eq!(h.budget.pending_records(), 3);
+    let writes = h.transmit();
+    assert_eq!(writes.len(), 1);
+    let (conn, frames) = &writes[0];
+    assert_eq!((*conn, frames.len()), (1, 1));
+    h.now += Duration::from_millis(3);
+    h.engine.on_bytes(h.now, 1, &reply(&frames[0], None, true));
+    let report = outcome(&done).unwrap().unwrap();
+    assert_eq!((report.batch_id, report.endpoint, report.retries), (1, ep(1), 0));
+    assert_eq!(report.acked_at - report.opened_at, Duration::from_millis(3));
+    assert_eq!(h.budget.pending_records(), 0);
+    assert_eq!(h.engine.inflight(), 0);
+}
+
+#[test]
+fn several_ready_batches_are_coalesced_into_one_write() {
+    let mut h = Harness::new(config());
+    h.engine.add_conn(h.now, 1, ep(1));
+    let batches: Vec<_> = (0..5).map(|_| h.batch(1)).collect();
+    let writes = h.transmit();
+    assert_eq!(writes.len(), 1, "one write for five batches");
+    assert_eq!(writes[0].1.len(), 5);
+    // Replies may arrive split anywhere.
+    let replies: Vec<u8> = writes[0].1.iter().flat_map(|f| reply(f, None, true)).collect();
+    for chunk in replies.chunks(7) {
+        h.engine.on_bytes(h.now, 1, chunk);
+    }
+    assert!(batches.iter().all(|b| matches!(outcome(b), Some(Ok(_)))));
+}
+
+#[test]
+fn replies_without_mid_are_matched_fifo() {
+    let mut h = Harness::new(config());
+    h.engine.add_conn(h.now, 1, ep(1));
+    let first = h.batch(1);
+    let second = h.batch(1);
+    let writes = h.transmit();
+    // Code 105 is answered before the attributes are parsed: no mid.
+    h.engine.on_bytes(h.now, 1, &reply(&writes[0].1[0], Some(105), false));
+    assert!(matches!(outcome(&first), Some(Err(Error::Server { code: 105, .. }))));
+    assert!(outcome(&second).is_none());
+    h.engine.on_bytes(h.now, 1, &reply(&writes[0].1[1], None, true));
+    assert!(matches!(outcome(&second), Some(Ok(_))));
+}
+
+#[test]
+fn non_retryable_server_code_fails_with_the_code() {
+    let mut h = Harness::new(config());
+    h.engine.add_conn(h.now, 1, ep(1));
+    let done = h.batch(2);
+    let writes = h.transmit();
+    h.engine.on_bytes(h.now, 1, &reply(&writes[0].1[0], Some(115), true));
+    let err = outcome(&done).unwrap().unwrap_err();
+    assert_eq!((err.code(), err.server_code()), (10011, Some(115)));
+    assert_eq!(h.budget.pending_records(), 0);
+}
+
+#[test]
+fn retryable_code_backs_off_then_succeeds() {
+    let mut h = Harness::new(config());
+    h.engine.add_conn(h.now, 1, ep(1));
+    let done = h.batch(1);
+    let writes = h.transmit();
+    h.engine.on_bytes(h.now, 1, &reply(&writes[0].1[0], Some(114), true));
+    assert!(outcome(&done).is_none());
+    assert!(h.transmit().is_empty(), "nothing is resent before the backoff");
+    let due = h.engine.poll_timeout().unwrap();
+    let backoff = due - h.now;
+    assert!(
+        backoff >= Duration::from_millis(80) && backoff <= Duration::from_millis(120),
+        "{backoff:?}"
+    );
+    h.advance(backoff);
+    let writes = h.transmit();
+    assert_eq!(writes.len(), 1);
+    h.engine.on_bytes(h.now, 1, &reply(&writes[0].1[0], None, true));
+    assert_eq!(outcome(&done).unwrap().unwrap().retries, 1);
+}
+
+#[test]
+fn retries_run_out_into_send_timeout_with_the_cause() {
+    let mut h = Harness::new(config());
+    h.engine.add_conn(h.now, 1, ep(1));
+    let done = h.batch(1);
+    for attempt in 1..=3 {
+        let writes = h.transmit();
+        assert_eq!(writes.len(), 1, "attempt {attempt}");
+        h.engine.on_bytes(h.now, 1, &reply(&writes[0].1[0], Some(1), true));
+        h.run_until(h.now + Duration::from_secs(1));
+    }
+    let err = outcome(&done).unwrap().unwrap_err();
+    assert!(matches!(err, Error::SendTimeout { attempts: 3, .. }), "{err:?}");
+    assert_eq!((err.code(), err.server_code()), (10001, Some(1)));
+}
+
+#[test]
+fn zero_retries_means_one_attempt() {
+    let mut h = Harness::new(EngineConfig { max_retries: 0, ..config() });
+    h.engine.add_conn(h.now, 1, ep(1));
+    let done = h.batch(1);
+    let writes = h.transmit();
+    h.engine.on_bytes(h.now, 1, &reply(&writes[0].1[0], Some(114), true));
+    assert!(matches!(outcome(&done), Some(Err(Error::SendTimeout { attempts: 1, .. }))));
+}
+
+#[test]
+fn send_timeout_is_exact_and_retries_on_another_connection() {
+    let mut h = Harness::new(config());
+    h.engine.add_conn(h.now, 1, ep(1));
+    h.engine.add_conn(h.now, 2, ep(2));
+    let done = h.batch(1);
+    let sent_at = h.now;
+    let writes = h.transmit();
+    assert_eq!(writes[0].0, 1, "the first connection is preferred");
+    assert_eq!(h.engine.poll_timeout(), Some(sent_at + SEND_TIMEOUT));
+    h.advance(SEND_TIMEOUT - Duration::from_millis(1));
+    assert!(outcome(&done).is_none());
+    h.advance(Duration::from_millis(1));
+    // The retry waits for its backoff; meanwhile the silent connection is probed.
+    let probes = h.transmit();
+    assert_eq!(probes.len(), 1);
+    assert_eq!(probes[0].1, vec![HEARTBEAT_REQUEST.to_vec()]);
+    let due = h.engine.poll_timeout().unwrap();
+    h.run_until(due);
+    let writes = h.transmit();
+    assert_eq!(writes[0].0, 2, "the retry avoids the connection that timed out");
+    h.engine.on_bytes(h.now, 2, &reply(&writes[0].1[0], None, true));
+    let report = outcome(&done).unwrap().unwrap();
+    assert_eq!((report.endpoint, report.retries), (ep(2), 1));
+}
+
+#[test]
+fn connection_loss_retries_at_once() {
+    let mut h = Harness::new(config());
+    h.engine.add_conn(h.now, 1, ep(1));
+    let done = h.batch(1);
+    h.transmit();
+    h.engine.add_conn(h.now, 2, ep(2));
+    h.engine.conn_lost(h.now, 1, "reset");
+    let writes = h.transmit();
+    assert_eq!(writes.len(), 1, "resent without waiting for a timeout or backoff");
+    assert_eq!(writes[0].0, 2);
+    h.engine.on_bytes(h.now, 2, &reply(&writes[0].1[0], None, true));
+    assert!(matches!(outcome(&done), Some(Ok(_))));
+}
+
+#[test]
+fn late_success_from_a_lost_attempt_still_counts_once() {
+    let mut h = Harness::new(config());
+    h.engine.add_conn(h.now, 1, ep(1));
+    h.engine.add_conn(h.now, 2, ep(2));
+    let done = h.batch(1);
+    let first = h.transmit();
+    h.advance(SEND_TIMEOUT);
+    h.run_until(h.engine.poll_timeout().unwrap());
+    let second = h.transmit();
+    let frame = second.iter().find(|(c, _)| *c == 2).unwrap().1[0].clone();
+    // The first attempt's ack arrives late: the batch is delivered; the second ack is ignored.
+    h.engine.on_bytes(h.now, 1, &reply(&first[0].1[0], None, true));
+    assert_eq!(outcome(&done).unwrap().unwrap().endpoint, ep(1));
+    h.engine.on_bytes(h.now, 2, &reply(&frame, None, true));
+    assert_eq!(h.engine.inflight(), 0);
+    assert_eq!(h.budget.pending_records(), 0, "released exactly once");
+}
+
+#[test]
+fn batches_wait_for_a_connection_but_not_forever() {
+    let mut h = Harness::new(EngineConfig { max_retries: 0, ..config() });
+    let done = h.batch(1);
+    assert!(h.transmit().is_empty());
+    h.advance(SEND_TIMEOUT);
+    let err = outcome(&done).unwrap().unwrap_err();
+    assert!(
+        matches!(err, Error::SendTimeout { attempts: 1, ref last_error, .. } if **last_error.as_ref().unwrap() == Error::NoEndpoints),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn idle_connections_heartbeat_and_a_missing_reply_closes_them() {
+    let mut h = Harness::new(config());
+    h.engine.add_conn(h.now, 1, ep(1));
+    assert_eq!(h.engine.poll_timeout(), Some(h.now + Duration::from_secs(60)));
+    h.advance(Duration::from_secs(60));
+    let writes = h.transmit();
+    assert_eq!(writes[0].1, vec![HEARTBEAT_REQUEST.to_vec()]);
+    // Answered: nothing happens.
+    h.engine.on_bytes(h.now, 1, &crate::protocol::HEARTBEAT_REPLY);
+    h.advance(Duration::from_secs(10));
+    assert_eq!(h.engine.poll_event(), None);
+    // Next one is not answered.
+    h.run_until(h.now + Duration::from_secs(60));
+    h.transmit();
+    h.advance(Duration::from_secs(10));
+    assert!(matches!(h.engine.poll_event(), Some(EngineEvent::CloseConn { conn: 1, .. })));
+}
+
+#[test]
+fn code_2_drains_the_connection_and_retries_elsewhere() {
+    let mut h = Harness::new(config());
+    h.engine.add_conn(h.now, 1, ep(1));
+    h.engine.add_conn(h.now, 2, ep(2));
+    let a = h.batch(1);
+    let b = h.batch(1);
+    let writes = h.transmit();
+    assert_eq!(writes[0].1.len(), 2);
+    h.engine.on_bytes(h.now, 1, &reply(&writes[0].1[0], Some(2), true));
+    assert_eq!(h.engine.poll_event(), None, "still waiting for b's reply");
+    h.engine.on_bytes(h.now, 1, &reply(&writes[0].1[1], None, true));
+    assert!(matches!(outcome(&b), Some(Ok(_))));
+    assert!(matches!(h.engine.poll_event(), Some(EngineEvent::CloseConn { conn: 1, .. })));
+    h.run_until(h.engine.poll_timeout().unwrap());
+    let writes = h.transmit();
+    assert_eq!(writes[0].0, 2);
+    h.engine.on_bytes(h.now, 2, &reply(&writes[0].1[0], None, true));
+    assert!(matches!(outcome(&a), Some(Ok(_))));
+}
+
+#[test]
+fn undecodable_replies_close_the_connection() {
+    for bad in [&b"\x00\x01\x00\x00"[..], b"\x00\x00\x00\x05\x07abcd"] {
+        let mut h = Harness::new(config());
+        h.engine.add_conn(h.now, 1, ep(1));
+        h.engine.on_bytes(h.now, 1, bad);
+        assert!(matches!(h.engine.poll_event(), Some(EngineEvent::CloseConn { conn: 1, .. })));
+    }
+}
+
+#[test]
+fn fail_all_resolves_everything_once() {
+    let mut h = Harness::new(config());
+    h.engine.add_conn(h.now, 1, ep(1));
+    let sent = h.batch(2);
+    h.transmit();
+    let queued = h.batch(3);
+    h.engine.fail_all(&Error::ProducerClosed);
+    assert_eq!(outcome(&sent), Some(Err(Error::ProducerClosed)));
+    assert_eq!(outcome(&queued), Some(Err(Error::ProducerClosed)));
+    assert_eq!((h.engine.inflight(), h.budget.pending_records()), (0, 0));
+}
+
+#[test]
+fn callbacks_get_their_own_metadata() {
+    let mut h = Harness::new(config());
+    h.engine.add_conn(h.now, 1, ep(1));
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut body = BatchBody::new();
+    let mut callbacks: Vec<(u32, u64, Callback)> = Vec::new();
+    for i in 0..3u32 {
+        assert!(h.budget.try_acquire(1));
+        body.push(b"y").unwrap();
+        let seen = seen.clone();
+        callbacks.push((
+            i,
+            u64::from(i) * 10,
+            Box::new(move |r| seen.lock().unwrap().push(r.unwrap().metadata)),
+        ));
+    }
+    let sealed = SealedBatch {
+        stream_id: "s".into(),
+        body,
+        completion: BatchCompletion::new(),
+        callbacks,
+        opened_at: h.now,
+    };
+    h.engine.enqueue(h.now, sealed, 1);
+    let writes = h.transmit();
+    h.engine.on_bytes(h.now, 1, &reply(&writes[0].1[0], None, true));
+    assert_eq!(*seen.lock().unwrap(), vec![0, 10, 20]);
+}
+
+#[test]
+fn backoff_doubles_with_jitter_and_is_capped() {
+    let mut h =
+        Harness::new(EngineConfig { retry_max_interval: Duration::from_millis(350), ..config() });
+    for attempts in 1..=6u32 {
+        let delay = h.engine.backoff(attempts);
+        let base = 0.1 * f64::from(1u32 << (attempts - 1));
+        let (low, high) = (base * 0.8, (base * 1.2).min(0.35));
+        assert!(
+            delay.as_secs_f64() >= low.min(0.35) - 1e-9 && delay.as_secs_f64() <= high + 1e-9,
+            "{attempts}: {delay:?}"
+        );
+    }
+}

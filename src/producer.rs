@@ -1,0 +1,697 @@
+//! The public face: [`Producer`], its builder, and [`DeliveryFuture`].
+//!
+//! `send` routes a record to a shard by a hash of its stream ID (so one stream's records stay in
+//! order on one shard), takes room in the pending budget, and appends the record to the shard's
+//! open batch under that shard's lock: no allocation, no channel, no thread handoff per record.
+//! The future it returns shares its batch's completion state.
+//!
+//! Every future resolves exactly once: with a report, with the server's error, after its
+//! attempts, at the close deadline, or with `ProducerClosed` when the producer is dropped.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::{Duration, Instant};
+
+use crate::config::{ProducerConfig, Secret, Transport};
+use crate::control::{self, ControlThread};
+use crate::discovery::AuthProvider;
+use crate::engine::{
+    BatchAccumulator, BatchCompletion, BatchLimits, Callback, DeliveryReport, EngineConfig,
+    PendingBudget,
+};
+use crate::error::Error;
+use crate::protocol::AddColumns;
+use crate::record::Record;
+use crate::shard::{self, Command, Driver, ShardSettings, ShardShared};
+
+/// Builds a [`Producer`]. Every option has the Go SDK's default; see [`ProducerConfig`].
+#[derive(Debug, Clone, Default)]
+#[must_use]
+pub struct ProducerBuilder {
+    config: ProducerConfig,
+}
+
+macro_rules! setters {
+    ($($(#[$doc:meta])* $name:ident: $ty:ty),* $(,)?) => {
+        $(
+            $(#[$doc])*
+            pub fn $name(mut self, value: $ty) -> Self {
+                self.config.$name = value;
+                self
+            }
+        )*
+    };
+}
+
+impl ProducerBuilder {
+    /// `GroupID` (required).
+    pub fn group_id(mut self, group_id: impl Into<String>) -> Self {
+        self.config.group_id = group_id.into();
+        self
+    }
+
+    /// `URL`: the Manager's `getIpList` base URL, without the group ID.
+    pub fn manager_url(mut self, url: impl Into<String>) -> Self {
+        self.config.manager_url = Some(url.into());
+        self
+    }
+
+    /// A static node list instead of the Manager.
+    pub fn endpoints(mut self, endpoints: impl IntoIterator<Item = SocketAddr>) -> Self {
+        self.config.endpoints = endpoints.into_iter().collect();
+        self
+    }
+
+    /// `MetricsName`.
+    pub fn metrics_name(mut self, name: impl Into<String>) -> Self {
+        self.config.metrics_name = name.into();
+        self
+    }
+
+    /// `WorkerNum`: an alias of [`ProducerBuilder::shards`].
+    pub fn worker_num(self, workers: usize) -> Self {
+        self.shards(workers)
+    }
+
+    /// Built-in Basic auth for the Manager.
+    pub fn secret(mut self, secret_id: impl Into<String>, secret_key: impl Into<String>) -> Self {
+        self.config.secret_id = Some(secret_id.into());
+        self.config.secret_key = Some(Secret(secret_key.into()));
+        self
+    }
+
+    /// `tenant` header for the Manager.
+    pub fn tenant(mut self, tenant: impl Into<String>) -> Self {
+        self.config.tenant = Some(tenant.into());
+        self
+    }
+
+    /// An auth hook like the Go SDK's `Auth`.
+    pub fn auth_provider(mut self, provider: Arc<dyn AuthProvider>) -> Self {
+        self.config.auth_provider = Some(provider);
+        self
+    }
+
+    /// `AddColumns`: one extra attribute on every batch (`{{ip}}` is the host IP).
+    pub fn add_column(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.config.add_columns.push((key.into(), value.into()));
+        self
+    }
+
+    /// `MaxConnLifetime`.
+    pub fn max_conn_lifetime(mut self, lifetime: Duration) -> Self {
+        self.config.max_conn_lifetime = Some(lifetime);
+        self
+    }
+
+    /// Where the node-list cache lives.
+    pub fn node_list_cache_path(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.config.node_list_cache_path = Some(path.into());
+        self
+    }
+
+    setters! {
+        /// `UpdateInterval`.
+        update_interval: Duration,
+        /// `ConnTimeout`.
+        conn_timeout: Duration,
+        /// `WriteBufferSize`.
+        write_buffer_size: usize,
+        /// `ReadBufferSize`.
+        read_buffer_size: usize,
+        /// `SocketSendBufferSize`.
+        socket_send_buffer_size: usize,
+        /// `SocketRecvBufferSize`.
+        socket_recv_buffer_size: usize,
+        /// `BufferPoolSize`.
+        buffer_pool_size: usize,
+        /// Shard threads.
+        shards: usize,
+        /// Pin shard threads to cores.
+        pin_shards: bool,
+        /// `auto`, `io_uring` or `epoll`.
+        transport: Transport,
+        /// `SendTimeout`.
+        send_timeout: Duration,
+        /// `MaxRetries` (0 = no retry).
+        max_retries: u32,
+        /// `RetryOnServerError`.
+        retry_on_server_error: bool,
+        /// `RetryInitialInterval`.
+        retry_initial_interval: Duration,
+        /// `BatchingMaxPublishDelay`.
+        batching_max_publish_delay: Duration,
+        /// `BatchingMaxMessages`.
+        batching_max_messages: usize,
+        /// `BatchingMaxSize`.
+        batching_max_size: usize,
+        /// `MaxPendingMessages`.
+        max_pending_messages: usize,
+        /// Byte budget of pending records.
+        max_pending_bytes: usize,
+        /// `BlockIfQueueIsFull`.
+        block_if_queue_full: bool,
+        /// Frame size limit.
+        max_packet_length: usize,
+        /// Snappy compression of bodies over 256 bytes.
+        compression: bool,
+        /// Heartbeat interval on idle connections.
+        heartbeat_interval: Duration,
+        /// Heartbeat reply deadline.
+        heartbeat_timeout: Duration,
+        /// Manager connect timeout.
+        manager_connect_timeout: Duration,
+        /// Manager request timeout.
+        manager_request_timeout: Duration,
+        /// Accept invalid Manager certificates.
+        manager_accept_invalid_certs: bool,
+        /// Keep a node-list cache on disk.
+        node_list_cache: bool,
+        /// Oldest cached node list still used.
+        node_list_cache_max_age: Duration,
+        /// Close deadline used when the producer is dropped without `close`.
+        close_timeout: Duration,
+    }
+
+    /// Replaces the whole configuration.
+    pub fn config(mut self, config: ProducerConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Validates the options, finds the DataProxy nodes (one bounded Manager lookup, or the
+    /// static list), probes the I/O driver once, and starts the shards. Never hangs: every step
+    /// has a deadline. Callable from sync and async code (the lookup runs on the producer's own
+    /// control thread).
+    pub fn build(self) -> Result<Producer, Error> {
+        Producer::start(self.config)
+    }
+}
+
+/// A producer: thread-per-core shards sending batches to DataProxy. See the crate docs.
+///
+/// `Producer` is `Send + Sync`; share it with `Arc`. Dropping it without [`Producer::close`]
+/// fails every pending delivery with [`Error::ProducerClosed`].
+#[derive(Debug)]
+pub struct Producer {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    config: ProducerConfig,
+    shards: Vec<Arc<ShardShared>>,
+    threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    budget: Arc<PendingBudget>,
+    closed: AtomicBool,
+    driver: Driver,
+    control: ControlThread,
+}
+
+/// FNV-1a: a fixed hash, so a stream always lands on the same shard.
+fn shard_of(stream: &str, shards: usize) -> usize {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in stream.as_bytes() {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    // The remainder is below `shards`, a usize.
+    #[allow(clippy::cast_possible_truncation)]
+    let index = (hash % shards as u64) as usize;
+    index
+}
+
+/// The host's IP for `{{ip}}` add-columns: the address the kernel would use to leave the host.
+fn host_ip() -> String {
+    std::net::UdpSocket::bind("0.0.0.0:0")
+        .and_then(|socket| {
+            socket.connect("10.255.255.255:9")?;
+            socket.local_addr()
+        })
+        .map_or_else(|_| "127.0.0.1".to_owned(), |addr| addr.ip().to_string())
+}
+
+impl Producer {
+    /// A builder with every option at its default.
+    pub fn builder() -> ProducerBuilder {
+        ProducerBuilder::default()
+    }
+
+    fn start(mut config: ProducerConfig) -> Result<Producer, Error> {
+        config.validate()?;
+        let control = ControlThread::start()?;
+        let endpoints = control::initial_endpoints(&control, &config)?;
+        if let Some(limit) = endpoints.max_packet_length {
+            config.max_packet_length = limit.clamp(1024, 20 << 20);
+        }
+        let driver = shard::probe_driver(config.transport)?;
+        tracing::info!(
+            transport = driver.name(),
+            shards = config.shards,
+            "inlong-dataproxy producer starting"
+        );
+
+        let add_columns =
+            AddColumns::new(config.add_columns.iter().map(|(k, v)| (k, v)), &host_ip())?;
+        let mid_prefix = format!("{:x}-", unique_tag());
+        let budget =
+            Arc::new(PendingBudget::new(config.max_pending_messages, config.max_pending_bytes));
+        // Everything in the attributes but the stream ID, at its largest.
+        let attr_overhead = "groupId=&streamId=&dt=&mid=&sid=&wid=&cnt=&cp=snappy".len()
+            + config.group_id.len()
+            + 20
+            + 2 * (mid_prefix.len() + 20)
+            + 10
+            + 10
+            + add_columns.as_str().len();
+        let limits = BatchLimits {
+            max_messages: u32::try_from(config.batching_max_messages).unwrap_or(u32::MAX),
+            max_payload_bytes: config.batching_max_size,
+            linger: config.batching_max_publish_delay,
+            max_frame_len: config.max_packet_length,
+            attr_overhead,
+            compression: config.compression,
+        };
+        let cores = if config.pin_shards {
+            core_affinity::get_core_ids().unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        let mut shards = Vec::with_capacity(config.shards);
+        let mut threads = Vec::with_capacity(config.shards);
+        for index in 0..config.shards {
+            let shared = Arc::new(ShardShared::new(BatchAccumulator::new(limits)));
+            let settings = ShardSettings {
+                index,
+                engine: EngineConfig {
+                    group_id: config.group_id.clone(),
+                    wid: u32::try_from(index).unwrap_or(u32::MAX),
+                    mid_prefix: mid_prefix.clone(),
+                    send_timeout: config.send_timeout,
+                    max_retries: config.max_retries,
+                    retry_initial_interval: config.retry_initial_interval,
+                    retry_max_interval: Duration::from_secs(10),
+                    retry_on_server_error: config.retry_on_server_error,
+                    max_frame_len: config.max_packet_length,
+                    heartbeat_interval: config.heartbeat_interval,
+                    heartbeat_timeout: config.heartbeat_timeout,
+                    write_buffer_size: config.write_buffer_size,
+                    compression: config.compression,
+                    add_columns: add_columns.clone(),
+                    seed: unique_tag() ^ index as u64,
+                },
+                endpoints: endpoints.addrs.clone(),
+                conn_timeout: config.conn_timeout,
+                socket_send_buffer_size: config.socket_send_buffer_size,
+                socket_recv_buffer_size: config.socket_recv_buffer_size,
+                read_buffer_size: config.read_buffer_size,
+                max_conn_lifetime: config.max_conn_lifetime,
+                driver,
+                core: (config.shards <= cores.len()).then(|| cores[index]),
+            };
+            let thread = shard::spawn(settings, shared.clone(), budget.clone())
+                .map_err(|e| Error::Transport(format!("cannot start a shard thread: {e}")))?;
+            shards.push(shared);
+            threads.push(thread);
+        }
+        let inner = Inner {
+            config,
+            shards,
+            threads: Mutex::new(threads),
+            budget,
+            closed: AtomicBool::new(false),
+            driver,
+            control,
+        };
+        Ok(Producer { inner: Arc::new(inner) })
+    }
+
+    /// Sends a record. Never blocks: the returned future resolves when the record is acked or
+    /// has failed. With `block_if_queue_full`, a full queue makes the future wait (asynchronously)
+    /// for room first; otherwise it fails with [`Error::QueueFull`] (10004).
+    pub fn send(&self, record: Record) -> DeliveryFuture {
+        match self.inner.enqueue(record, &mut None) {
+            Ok((completion, metadata)) => DeliveryFuture::pending(completion, metadata),
+            Err((Error::QueueFull, record)) if self.inner.config.block_if_queue_full => {
+                DeliveryFuture {
+                    state: FutureState::Waiting {
+                        record: Some(record),
+                        producer: self.inner.clone(),
+                    },
+                }
+            }
+            Err((error, _)) => DeliveryFuture::failed(error),
+        }
+    }
+
+    /// Sends a record and calls `callback` with its result, on the shard thread (keep it short).
+    /// Never blocks; a full queue or invalid record calls `callback` at once with the error.
+    pub fn send_with_callback<F>(&self, record: Record, callback: F)
+    where
+        F: FnOnce(Result<DeliveryReport, Error>) + Send + 'static,
+    {
+        let metadata = record.metadata();
+        let mut callback: Option<(u64, Callback)> = Some((metadata, Box::new(callback)));
+        if let Err((error, _)) = self.inner.enqueue(record, &mut callback) {
+            if let Some((_, callback)) = callback {
+                callback(Err(error));
+            }
+        }
+    }
+
+    /// Sends a record if there is room now; otherwise hands it back with the reason
+    /// ([`Error::QueueFull`], [`Error::ProducerClosed`], or a validation error).
+    #[allow(clippy::result_large_err)] // The record is handed back, as rdkafka's `send_result`.
+    pub fn try_send(&self, record: Record) -> Result<DeliveryFuture, (Error, Record)> {
+        self.inner
+            .enqueue(record, &mut None)
+            .map(|(completion, metadata)| DeliveryFuture::pending(completion, metadata))
+    }
+
+    /// For plain threads: waits up to `timeout` for room in the queue, then sends. Fails with
+    /// [`Error::QueueFullTimeout`] (10005) when no room appeared in time. Wait for the delivery
+    /// itself with [`DeliveryFuture::wait`].
+    pub fn send_blocking(
+        &self,
+        record: Record,
+        timeout: Duration,
+    ) -> Result<DeliveryFuture, Error> {
+        let started = Instant::now();
+        let deadline = started + timeout;
+        let mut record = record;
+        loop {
+            match self.inner.enqueue(record, &mut None) {
+                Ok((completion, metadata)) => {
+                    return Ok(DeliveryFuture::pending(completion, metadata))
+                }
+                Err((Error::QueueFull, back)) => {
+                    record = back;
+                    let inner = &self.inner;
+                    let bytes = record.payload().len();
+                    let room = |budget: &PendingBudget| {
+                        inner.closed.load(Ordering::Acquire) || !budget.is_full_for(bytes)
+                    };
+                    if !inner.budget.wait_until(deadline, room) {
+                        return Err(Error::QueueFullTimeout { waited: started.elapsed() });
+                    }
+                }
+                Err((error, _)) => return Err(error),
+            }
+        }
+    }
+
+    /// Seals every open batch now and waits until every record sent so far is resolved, or the
+    /// timeout passes ([`Error::FlushTimeout`] says how many are still undelivered).
+    pub async fn flush(&self, timeout: Duration) -> Result<(), Error> {
+        for shard in &self.inner.shards {
+            shard.command(Command::Flush);
+        }
+        self.inner.drained(Instant::now() + timeout).await
+    }
+
+    /// Like [`Producer::flush`], blocking the calling thread.
+    pub fn flush_blocking(&self, timeout: Duration) -> Result<(), Error> {
+        for shard in &self.inner.shards {
+            shard.command(Command::Flush);
+        }
+        let deadline = Instant::now() + timeout;
+        if self.inner.budget.wait_until(deadline, |budget| budget.pending_records() == 0) {
+            Ok(())
+        } else {
+            Err(Error::FlushTimeout { undelivered: self.inner.budget.pending_records() })
+        }
+    }
+
+    /// Refuses new records (10003), sends what is pending, waits for acks until the timeout, then
+    /// fails the rest and stops the shards. Bounded by `timeout` plus a moment.
+    pub async fn close(&self, timeout: Duration) -> Result<(), Error> {
+        let deadline = Instant::now() + timeout;
+        self.inner.begin_close(deadline);
+        let result = self.inner.drained(deadline).await;
+        self.inner.join_shards();
+        result
+    }
+
+    /// Like [`Producer::close`], blocking the calling thread.
+    pub fn close_blocking(&self, timeout: Duration) -> Result<(), Error> {
+        let deadline = Instant::now() + timeout;
+        self.inner.begin_close(deadline);
+        let drained =
+            self.inner.budget.wait_until(deadline, |budget| budget.pending_records() == 0);
+        let undelivered = self.inner.budget.pending_records();
+        self.inner.join_shards();
+        if drained {
+            Ok(())
+        } else {
+            Err(Error::FlushTimeout { undelivered })
+        }
+    }
+
+    /// Records sent and not yet resolved.
+    pub fn in_flight_count(&self) -> u64 {
+        self.inner.budget.pending_records()
+    }
+
+    /// The I/O driver in use: `"io_uring"` or `"epoll"`.
+    pub fn transport(&self) -> &'static str {
+        self.inner.driver.name()
+    }
+
+    /// The options in force (after the Manager's `maxPacketLength`).
+    pub fn config(&self) -> &ProducerConfig {
+        &self.inner.config
+    }
+}
+
+impl Drop for Producer {
+    fn drop(&mut self) {
+        if !self.inner.closed.swap(true, Ordering::AcqRel) {
+            // Fail everything at once: a dropped producer must not hang its caller.
+            for shard in &self.inner.shards {
+                shard.command(Command::Abort);
+            }
+            self.inner.budget.wake_all();
+        }
+        self.inner.join_shards();
+    }
+}
+
+impl Inner {
+    #[allow(clippy::result_large_err)]
+    fn enqueue(
+        &self,
+        record: Record,
+        callback: &mut Option<(u64, Callback)>,
+    ) -> Result<(Arc<BatchCompletion>, u64), (Error, Record)> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err((Error::ProducerClosed, record));
+        }
+        let payload_len = record.payload().len();
+        if !self.budget.try_acquire(payload_len) {
+            return Err((Error::QueueFull, record));
+        }
+        let shard = &self.shards[shard_of(record.stream_id().as_str(), self.shards.len())];
+        let appended = shard.accumulator().append(
+            Instant::now(),
+            record.stream_id(),
+            record.payload(),
+            callback,
+        );
+        match appended {
+            Ok(appended) => {
+                if appended.wake {
+                    shard.notify();
+                }
+                Ok((appended.completion, record.metadata()))
+            }
+            Err(error) => {
+                self.budget.release(1, payload_len as u64);
+                Err((error, record))
+            }
+        }
+    }
+
+    fn begin_close(&self, deadline: Instant) {
+        self.closed.store(true, Ordering::Release);
+        self.budget.wake_all();
+        for shard in &self.shards {
+            shard.command(Command::Close { deadline });
+        }
+    }
+
+    /// Waits until nothing is pending, or fails with the count at `deadline`.
+    fn drained(self: &Arc<Self>, deadline: Instant) -> Drained {
+        Drained { inner: self.clone(), deadline, timer_armed: false }
+    }
+
+    fn join_shards(&self) {
+        let threads = std::mem::take(
+            &mut *self.threads.lock().unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        for thread in threads {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The future of [`Producer::flush`] and [`Producer::close`].
+struct Drained {
+    inner: Arc<Inner>,
+    deadline: Instant,
+    timer_armed: bool,
+}
+
+impl Future for Drained {
+    type Output = Result<(), Error>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        let budget = &self.inner.budget;
+        if budget.pending_records() == 0 {
+            return Poll::Ready(Ok(()));
+        }
+        if Instant::now() >= self.deadline {
+            return Poll::Ready(Err(Error::FlushTimeout { undelivered: budget.pending_records() }));
+        }
+        if !budget.register(cx.waker(), |b| b.pending_records() > 0) {
+            return Poll::Ready(Ok(()));
+        }
+        if !self.timer_armed {
+            self.timer_armed = true;
+            self.inner.control.wake_at(self.deadline, cx.waker().clone());
+        }
+        Poll::Pending
+    }
+}
+
+/// A per-producer tag that makes `mid`s unique across producers and restarts.
+fn unique_tag() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    #[allow(clippy::cast_possible_truncation)]
+    let nanos = nanos as u64;
+    let stack = &nanos as *const u64 as u64;
+    (nanos ^ stack.rotate_left(32) ^ u64::from(std::process::id())) & 0xffff_ffff_ffff
+}
+
+/// The result of one [`Producer::send`]: resolves to the record's [`DeliveryReport`] or its error.
+/// Awaitable on any executor; [`DeliveryFuture::wait`] blocks a plain thread instead.
+#[must_use = "a delivery is only known by awaiting or waiting on its future"]
+#[derive(Debug)]
+pub struct DeliveryFuture {
+    state: FutureState,
+}
+
+#[derive(Debug)]
+enum FutureState {
+    Pending { completion: Arc<BatchCompletion>, metadata: u64 },
+    Waiting { record: Option<Record>, producer: Arc<Inner> },
+    Failed(Option<Error>),
+}
+
+impl DeliveryFuture {
+    fn pending(completion: Arc<BatchCompletion>, metadata: u64) -> DeliveryFuture {
+        DeliveryFuture { state: FutureState::Pending { completion, metadata } }
+    }
+
+    fn failed(error: Error) -> DeliveryFuture {
+        DeliveryFuture { state: FutureState::Failed(Some(error)) }
+    }
+
+    /// Blocks the calling thread until the delivery is resolved. Every delivery resolves within
+    /// its attempts' deadlines, so this cannot hang. Do not call it on an async executor thread.
+    pub fn wait(self) -> Result<DeliveryReport, Error> {
+        struct ThreadWaker(std::thread::Thread);
+        impl Wake for ThreadWaker {
+            fn wake(self: Arc<Self>) {
+                self.0.unpark();
+            }
+        }
+        let waker = Waker::from(Arc::new(ThreadWaker(std::thread::current())));
+        let mut cx = Context::from_waker(&waker);
+        let mut future = self;
+        loop {
+            if let Poll::Ready(result) = Pin::new(&mut future).poll(&mut cx) {
+                return result;
+            }
+            std::thread::park();
+        }
+    }
+
+    /// True once the result is known.
+    pub fn is_resolved(&self) -> bool {
+        match &self.state {
+            FutureState::Pending { completion, .. } => completion.is_resolved(),
+            FutureState::Waiting { .. } => false,
+            FutureState::Failed(_) => true,
+        }
+    }
+}
+
+impl Future for DeliveryFuture {
+    type Output = Result<DeliveryReport, Error>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        loop {
+            match &mut self.state {
+                FutureState::Pending { completion, metadata } => {
+                    let metadata = *metadata;
+                    return completion
+                        .poll_outcome(cx)
+                        .map(|outcome| outcome.map(|o| o.report(metadata)));
+                }
+                FutureState::Failed(error) => {
+                    return Poll::Ready(Err(error.take().unwrap_or(Error::ProducerClosed)));
+                }
+                FutureState::Waiting { record, producer } => {
+                    let Some(taken) = record.take() else {
+                        return Poll::Ready(Err(Error::ProducerClosed));
+                    };
+                    let producer = producer.clone();
+                    match producer.enqueue(taken, &mut None) {
+                        Ok((completion, metadata)) => {
+                            self.state = FutureState::Pending { completion, metadata };
+                        }
+                        Err((Error::QueueFull, back)) => {
+                            let bytes = back.payload().len();
+                            let closed = &producer.closed;
+                            let registered = producer.budget.register(cx.waker(), |budget| {
+                                budget.is_full_for(bytes) && !closed.load(Ordering::Acquire)
+                            });
+                            if let FutureState::Waiting { record, .. } = &mut self.state {
+                                *record = Some(back);
+                            }
+                            if registered {
+                                return Poll::Pending;
+                            }
+                        }
+                        Err((error, _)) => self.state = FutureState::Failed(Some(error)),
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn streams_route_to_stable_shards() {
+        assert_eq!(shard_of("orders", 4), shard_of("orders", 4));
+        let spread: std::collections::HashSet<usize> =
+            (0..100).map(|i| shard_of(&format!("stream-{i}"), 4)).collect();
+        assert_eq!(spread.len(), 4);
+        assert_eq!(shard_of("x", 1), 0);
+    }
+
+    #[test]
+    fn unique_tags_differ() {
+        assert_ne!(unique_tag(), unique_tag() ^ 1);
+    }
+}

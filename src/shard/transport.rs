@@ -1,0 +1,291 @@
+//! The thin transport layer under a shard: the compio runtime with the probed driver, one reader
+//! task and one writer task per connection, and the shard's sleep.
+//!
+//! The same code runs on io_uring and on epoll; only the runtime's driver differs. Rings are kept
+//! small (256 entries) and no buffers are registered, so unprivileged users are not charged locked
+//! memory.
+
+use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::os::fd::AsFd;
+use std::pin::pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Poll, Waker};
+use std::time::Instant;
+
+use compio::buf::BufResult;
+use compio::driver::{DriverType, ProactorBuilder};
+use compio::io::{AsyncRead, AsyncWriteExt};
+use compio::net::TcpStream;
+use compio::runtime::{JoinHandle, Runtime};
+
+use super::{ShardSettings, ShardShared};
+use crate::config::Transport;
+use crate::engine::{ConnId, ShardEngine};
+use crate::error::Error;
+
+/// The I/O driver every shard of a producer uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Driver {
+    /// io_uring.
+    IoUring,
+    /// epoll through `polling`.
+    Epoll,
+}
+
+impl Driver {
+    /// `"io_uring"` or `"epoll"`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Driver::IoUring => "io_uring",
+            Driver::Epoll => "epoll",
+        }
+    }
+}
+
+const RING_ENTRIES: u32 = 256;
+
+/// A runtime on `driver`.
+pub(super) fn runtime(driver: Driver) -> std::io::Result<Runtime> {
+    let mut proactor = ProactorBuilder::new();
+    proactor.capacity(RING_ENTRIES);
+    proactor.driver_type(match driver {
+        Driver::IoUring => DriverType::IoUring,
+        Driver::Epoll => DriverType::Poll,
+    });
+    let runtime = Runtime::builder().with_proactor(proactor).build()?;
+    let actual = match runtime.driver_type() {
+        DriverType::IoUring => Driver::IoUring,
+        _ => Driver::Epoll,
+    };
+    if actual != driver {
+        return Err(std::io::Error::other(format!(
+            "asked for {}, got {}",
+            driver.name(),
+            actual.name()
+        )));
+    }
+    Ok(runtime)
+}
+
+/// Decides the driver once per producer: io_uring where a ring can be set up (it cannot under
+/// Docker's default seccomp, gVisor, a low memlock limit or `kernel.io_uring_disabled`), epoll
+/// otherwise, or exactly what was asked for.
+pub fn probe_driver(requested: Transport) -> Result<Driver, Error> {
+    match requested {
+        Transport::Epoll => Ok(Driver::Epoll),
+        Transport::IoUring => match runtime(Driver::IoUring) {
+            Ok(_) => Ok(Driver::IoUring),
+            Err(error) => Err(Error::Transport(format!("io_uring is not available here: {error}"))),
+        },
+        Transport::Auto => match runtime(Driver::IoUring) {
+            Ok(_) => Ok(Driver::IoUring),
+            Err(error) => {
+                tracing::info!(%error, "io_uring unavailable, using epoll");
+                Ok(Driver::Epoll)
+            }
+        },
+    }
+}
+
+/// A connection that ended, reported by its reader or writer task.
+#[derive(Debug)]
+pub(super) struct Lost {
+    pub conn: ConnId,
+    pub reason: String,
+}
+
+/// The writer task's single slot: the engine hands out one buffer per connection at a time.
+#[derive(Default)]
+struct WriteSlot {
+    bytes: RefCell<Option<Vec<u8>>>,
+    waker: RefCell<Option<Waker>>,
+    closed: Cell<bool>,
+}
+
+/// A live connection: its tasks, and a duplicate of its socket for shutting it down.
+pub(super) struct ConnTasks {
+    pub id: ConnId,
+    pub endpoint: SocketAddr,
+    pub opened_at: Instant,
+    slot: Rc<WriteSlot>,
+    socket: std::net::TcpStream,
+    reader: Option<JoinHandle<()>>,
+    writer: Option<JoinHandle<()>>,
+}
+
+impl ConnTasks {
+    /// Hands `bytes` to the writer task.
+    pub fn send(&self, bytes: Vec<u8>) {
+        *self.slot.bytes.borrow_mut() = Some(bytes);
+        if let Some(waker) = self.slot.waker.borrow_mut().take() {
+            waker.wake();
+        }
+    }
+
+    /// Shuts the socket down and cancels both tasks.
+    pub fn close(mut self) {
+        self.slot.closed.set(true);
+        let _ = self.socket.shutdown(std::net::Shutdown::Both);
+        drop(self.reader.take());
+        drop(self.writer.take());
+    }
+}
+
+/// The socket settings of a new connection.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct SocketSettings {
+    pub conn_timeout: std::time::Duration,
+    pub send_buffer: usize,
+    pub recv_buffer: usize,
+    pub read_buffer: usize,
+}
+
+impl From<&ShardSettings> for SocketSettings {
+    fn from(settings: &ShardSettings) -> SocketSettings {
+        SocketSettings {
+            conn_timeout: settings.conn_timeout,
+            send_buffer: settings.socket_send_buffer_size,
+            recv_buffer: settings.socket_recv_buffer_size,
+            read_buffer: settings.read_buffer_size,
+        }
+    }
+}
+
+/// Connects to `endpoint` within the connect timeout and starts the connection's tasks.
+pub(super) async fn connect(
+    id: ConnId,
+    endpoint: SocketAddr,
+    settings: SocketSettings,
+    engine: Rc<RefCell<ShardEngine>>,
+    shared: Arc<ShardShared>,
+    lost: Rc<RefCell<Vec<Lost>>>,
+) -> std::io::Result<ConnTasks> {
+    {
+        let stream = match compio::time::timeout(
+            settings.conn_timeout,
+            TcpStream::connect(endpoint),
+        )
+        .await
+        {
+            Ok(result) => result?,
+            Err(_) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("connect timed out after {:?}", settings.conn_timeout),
+                ))
+            }
+        };
+        stream.set_nodelay(true)?;
+        let socket = std::net::TcpStream::from(stream.as_fd().try_clone_to_owned()?);
+        let sock = socket2::SockRef::from(&socket);
+        sock.set_send_buffer_size(settings.send_buffer)?;
+        sock.set_recv_buffer_size(settings.recv_buffer)?;
+        sock.set_keepalive(true)?;
+
+        let slot = Rc::new(WriteSlot::default());
+        let (read_half, write_half) = stream.into_split();
+        let reader = compio::runtime::spawn(read_loop(
+            id,
+            read_half,
+            settings.read_buffer.clamp(4096, 4 << 20),
+            engine.clone(),
+            shared.clone(),
+            lost.clone(),
+        ));
+        let writer =
+            compio::runtime::spawn(write_loop(id, write_half, slot.clone(), engine, shared, lost));
+        Ok(ConnTasks {
+            id,
+            endpoint,
+            opened_at: Instant::now(),
+            slot,
+            socket,
+            reader: Some(reader),
+            writer: Some(writer),
+        })
+    }
+}
+
+async fn read_loop(
+    id: ConnId,
+    mut stream: TcpStream,
+    capacity: usize,
+    engine: Rc<RefCell<ShardEngine>>,
+    shared: Arc<ShardShared>,
+    lost: Rc<RefCell<Vec<Lost>>>,
+) {
+    let mut buf = Vec::with_capacity(capacity);
+    let reason = loop {
+        buf.clear();
+        let BufResult(result, returned) = stream.read(buf).await;
+        buf = returned;
+        match result {
+            Ok(0) => break "closed by the server".to_owned(),
+            Ok(_) => {
+                engine.borrow_mut().on_bytes(Instant::now(), id, &buf);
+                shared.notify();
+            }
+            Err(error) => break format!("read failed: {error}"),
+        }
+    };
+    lost.borrow_mut().push(Lost { conn: id, reason });
+    shared.notify();
+}
+
+async fn write_loop(
+    id: ConnId,
+    mut stream: TcpStream,
+    slot: Rc<WriteSlot>,
+    engine: Rc<RefCell<ShardEngine>>,
+    shared: Arc<ShardShared>,
+    lost: Rc<RefCell<Vec<Lost>>>,
+) {
+    loop {
+        let bytes = std::future::poll_fn(|cx| {
+            if slot.closed.get() {
+                return Poll::Ready(None);
+            }
+            match slot.bytes.borrow_mut().take() {
+                Some(bytes) => Poll::Ready(Some(bytes)),
+                None => {
+                    *slot.waker.borrow_mut() = Some(cx.waker().clone());
+                    Poll::Pending
+                }
+            }
+        })
+        .await;
+        let Some(bytes) = bytes else { return };
+        let BufResult(result, bytes) = stream.write_all(bytes).await;
+        match result {
+            Ok(()) => {
+                engine.borrow_mut().write_done(Instant::now(), id, bytes);
+                shared.notify();
+            }
+            Err(error) => {
+                lost.borrow_mut().push(Lost { conn: id, reason: format!("write failed: {error}") });
+                shared.notify();
+                return;
+            }
+        }
+    }
+}
+
+/// Sleeps until `deadline` or until the shard is notified, whichever comes first.
+pub(super) async fn wait(shared: &ShardShared, deadline: Option<Instant>) {
+    let mut sleep = pin!(async {
+        match deadline {
+            Some(at) => compio::time::sleep_until(at).await,
+            None => std::future::pending::<()>().await,
+        }
+    });
+    std::future::poll_fn(|cx| {
+        if shared.poll_notified(cx).is_ready() {
+            return Poll::Ready(());
+        }
+        sleep.as_mut().poll(cx)
+    })
+    .await;
+}
