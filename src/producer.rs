@@ -431,24 +431,19 @@ impl Producer {
     pub async fn close(&self, timeout: Duration) -> Result<(), Error> {
         let deadline = Instant::now() + timeout;
         self.inner.begin_close(deadline);
-        let result = self.inner.drained(deadline).await;
+        // The shards fail what is left at the deadline; their count is the answer.
+        let _ = self.inner.drained(deadline).await;
         self.inner.join_shards();
-        result
+        self.inner.close_result()
     }
 
     /// Like [`Producer::close`], blocking the calling thread.
     pub fn close_blocking(&self, timeout: Duration) -> Result<(), Error> {
         let deadline = Instant::now() + timeout;
         self.inner.begin_close(deadline);
-        let drained =
-            self.inner.budget.wait_until(deadline, |budget| budget.pending_records() == 0);
-        let undelivered = self.inner.budget.pending_records();
+        self.inner.budget.wait_until(deadline, |budget| budget.pending_records() == 0);
         self.inner.join_shards();
-        if drained {
-            Ok(())
-        } else {
-            Err(Error::FlushTimeout { undelivered })
-        }
+        self.inner.close_result()
     }
 
     /// Records sent and not yet resolved.
@@ -526,6 +521,16 @@ impl Inner {
     /// Waits until nothing is pending, or fails with the count at `deadline`.
     fn drained(self: &Arc<Self>, deadline: Instant) -> Drained {
         Drained { inner: self.clone(), deadline, timer_armed: false }
+    }
+
+    /// After the shards stopped: `FlushTimeout` with the records they failed at the deadline.
+    fn close_result(&self) -> Result<(), Error> {
+        let undelivered: u64 = self.shards.iter().map(|shard| shard.failed_at_close()).sum();
+        if undelivered == 0 {
+            Ok(())
+        } else {
+            Err(Error::FlushTimeout { undelivered })
+        }
     }
 
     fn join_shards(&self) {

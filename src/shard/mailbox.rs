@@ -4,7 +4,7 @@
 //! A wake-up costs one atomic swap when the shard is already awake, and one waker call when it
 //! sleeps; senders wake a shard at most once per batch (see [`crate::engine::Appended::wake`]).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
@@ -33,6 +33,7 @@ pub struct ShardShared {
     commands: Mutex<Vec<Command>>,
     notified: AtomicBool,
     waker: Mutex<Option<Waker>>,
+    failed_at_close: AtomicU64,
 }
 
 impl ShardShared {
@@ -43,7 +44,18 @@ impl ShardShared {
             commands: Mutex::new(Vec::new()),
             notified: AtomicBool::new(false),
             waker: Mutex::new(None),
+            failed_at_close: AtomicU64::new(0),
         }
+    }
+
+    /// Records the shard had to fail because the close deadline came first.
+    pub fn failed_at_close(&self) -> u64 {
+        self.failed_at_close.load(Ordering::Acquire)
+    }
+
+    /// For the shard: counts records failed at the close deadline.
+    pub fn add_failed_at_close(&self, records: u64) {
+        self.failed_at_close.fetch_add(records, Ordering::AcqRel);
     }
 
     /// The accumulator, locked.

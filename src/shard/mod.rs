@@ -186,12 +186,13 @@ impl Shell {
                     return;
                 }
                 if now >= deadline {
-                    let undelivered = self.engine.borrow().inflight() as u64;
+                    let undelivered = self.engine.borrow().pending_records();
                     tracing::warn!(
                         shard = self.settings.index,
                         undelivered,
                         "close deadline reached"
                     );
+                    self.shared.add_failed_at_close(undelivered);
                     self.engine.borrow_mut().fail_all(&Error::FlushTimeout { undelivered });
                     return;
                 }

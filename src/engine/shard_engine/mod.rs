@@ -164,6 +164,7 @@ impl ShardEngine {
         let mut encoder = FrameEncoder::new();
         encoder.set_compression(config.compression);
         let rng = config.seed | 1;
+        let wid = config.wid;
         ShardEngine {
             config,
             encoder,
@@ -175,7 +176,8 @@ impl ShardEngine {
             events: VecDeque::new(),
             spare_buffers: Vec::new(),
             spare_bodies: Vec::new(),
-            next_batch: 1,
+            // Batch IDs (and so `mid`s) are unique across the producer's shards.
+            next_batch: (u64::from(wid) << 48) + 1,
             rng,
             mid_buf: String::new(),
         }
@@ -184,6 +186,11 @@ impl ShardEngine {
     /// Batches not yet resolved.
     pub fn inflight(&self) -> usize {
         self.batches.len()
+    }
+
+    /// Records in the batches not yet resolved.
+    pub fn pending_records(&self) -> u64 {
+        self.batches.values().map(|batch| u64::from(batch.records)).sum()
     }
 
     /// Connections known to the engine.
