@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::discovery::AuthProvider;
+use crate::metrics::MetricsRegistry;
 
 use crate::error::Error;
 use crate::protocol::DEFAULT_MAX_PACKET_LEN;
@@ -101,6 +102,9 @@ pub struct ProducerConfig {
     pub buffer_pool_size: usize,
     /// `MetricsName`: the `name` label of every metric (`dataproxy-rust`).
     pub metrics_name: String,
+    /// `MetricsRegistry`: where the collectors live (default: the process-wide registry around
+    /// `prometheus::default_registry()`).
+    pub metrics_registry: Option<MetricsRegistry>,
     /// `WorkerNum` / `shards`: shard threads (default: the CPUs this process may use).
     pub shards: usize,
     /// Pin each shard thread to a core.
@@ -170,6 +174,7 @@ impl Default for ProducerConfig {
             socket_recv_buffer_size: 1 << 20,
             buffer_pool_size: 409_600,
             metrics_name: "dataproxy-rust".to_owned(),
+            metrics_registry: None,
             shards: available_cpus(),
             pin_shards: true,
             transport: Transport::Auto,

@@ -83,6 +83,8 @@ pub struct Endpoints {
     pub addrs: Vec<SocketAddr>,
     /// `maxPacketLength`, when the Manager sent one.
     pub max_packet_length: Option<usize>,
+    /// `static`, `manager` or `cache`.
+    pub source: &'static str,
 }
 
 /// Static endpoints, or one bounded Manager lookup (with the cache as a fallback).
@@ -91,7 +93,11 @@ pub fn initial_endpoints(
     config: &ProducerConfig,
 ) -> Result<Endpoints, Error> {
     let Some(url) = config.manager_url.clone().filter(|_| config.endpoints.is_empty()) else {
-        return Ok(Endpoints { addrs: config.endpoints.clone(), max_packet_length: None });
+        return Ok(Endpoints {
+            addrs: config.endpoints.clone(),
+            max_packet_length: None,
+            source: "static",
+        });
     };
     let client_config = ManagerClientConfig {
         connect_timeout: config.manager_connect_timeout,
@@ -113,12 +119,16 @@ pub fn initial_endpoints(
     let lookup = async move {
         let client = ManagerClient::new(client_config)?;
         let (list, source) = discovery::initial_lookup(&client, cache.as_ref()).await?;
-        if let Source::Cache { age } = source {
-            tracing::warn!(
-                age_secs = age.as_secs(),
-                "manager unreachable; using the cached node list"
-            );
-        }
+        let source = match source {
+            Source::Cache { age } => {
+                tracing::warn!(
+                    age_secs = age.as_secs(),
+                    "manager unreachable; using the cached node list"
+                );
+                "cache"
+            }
+            Source::Manager => "manager",
+        };
         let mut addrs = Vec::new();
         for endpoint in &list.endpoints {
             match endpoint.to_socket_addr() {
@@ -134,6 +144,7 @@ pub fn initial_endpoints(
         Ok::<_, discovery::DiscoveryError>(Endpoints {
             addrs,
             max_packet_length: list.max_packet_length,
+            source,
         })
     };
     let endpoints = control

@@ -24,6 +24,7 @@ use crate::engine::{
     PendingBudget,
 };
 use crate::error::Error;
+use crate::metrics::{MetricsRegistry, ProducerMetrics, ShardCounters};
 use crate::protocol::AddColumns;
 use crate::record::Record;
 use crate::shard::{self, Command, Driver, ShardSettings, ShardShared};
@@ -69,6 +70,12 @@ impl ProducerBuilder {
     /// `MetricsName`.
     pub fn metrics_name(mut self, name: impl Into<String>) -> Self {
         self.config.metrics_name = name.into();
+        self
+    }
+
+    /// `MetricsRegistry`: where the collectors live (default: the process-wide one).
+    pub fn metrics_registry(mut self, registry: MetricsRegistry) -> Self {
+        self.config.metrics_registry = Some(registry);
         self
     }
 
@@ -210,6 +217,8 @@ struct Inner {
     closed: AtomicBool,
     driver: Driver,
     control: ControlThread,
+    metrics: ProducerMetrics,
+    counters: Vec<Arc<ShardCounters>>,
 }
 
 /// FNV-1a: a fixed hash, so a stream always lands on the same shard.
@@ -243,12 +252,27 @@ impl Producer {
 
     fn start(mut config: ProducerConfig) -> Result<Producer, Error> {
         config.validate()?;
+        let registry =
+            config.metrics_registry.clone().unwrap_or_else(MetricsRegistry::default_registry);
+        let metrics = ProducerMetrics::new(&registry, &config.metrics_name)?;
         let control = ControlThread::start()?;
-        let endpoints = control::initial_endpoints(&control, &config)?;
+        let endpoints = match control::initial_endpoints(&control, &config) {
+            Ok(endpoints) => {
+                if endpoints.source != "static" {
+                    metrics.discovery_lookup(endpoints.source);
+                }
+                endpoints
+            }
+            Err(error) => {
+                metrics.discovery_lookup("error");
+                return Err(error);
+            }
+        };
         if let Some(limit) = endpoints.max_packet_length {
             config.max_packet_length = limit.clamp(1024, 20 << 20);
         }
         let driver = shard::probe_driver(config.transport)?;
+        metrics.set_transport(driver.name());
         tracing::info!(
             transport = driver.name(),
             shards = config.shards,
@@ -283,6 +307,7 @@ impl Producer {
         };
         let mut shards = Vec::with_capacity(config.shards);
         let mut threads = Vec::with_capacity(config.shards);
+        let mut counters = Vec::with_capacity(config.shards);
         for index in 0..config.shards {
             let shared = Arc::new(ShardShared::new(BatchAccumulator::new(limits)));
             let settings = ShardSettings {
@@ -312,7 +337,9 @@ impl Producer {
                 max_conn_lifetime: config.max_conn_lifetime,
                 driver,
                 core: (config.shards <= cores.len()).then(|| cores[index]),
+                metrics: metrics.shard(index),
             };
+            counters.push(settings.metrics.counters.clone());
             let thread = shard::spawn(settings, shared.clone(), budget.clone())
                 .map_err(|e| Error::Transport(format!("cannot start a shard thread: {e}")))?;
             shards.push(shared);
@@ -326,6 +353,8 @@ impl Producer {
             closed: AtomicBool::new(false),
             driver,
             control,
+            metrics,
+            counters,
         };
         Ok(Producer { inner: Arc::new(inner) })
     }
@@ -344,7 +373,10 @@ impl Producer {
                     },
                 }
             }
-            Err((error, _)) => DeliveryFuture::failed(error),
+            Err((error, _)) => {
+                self.inner.refused_if_full(&error);
+                DeliveryFuture::failed(error)
+            }
         }
     }
 
@@ -357,6 +389,7 @@ impl Producer {
         let metadata = record.metadata();
         let mut callback: Option<(u64, Callback)> = Some((metadata, Box::new(callback)));
         if let Err((error, _)) = self.inner.enqueue(record, &mut callback) {
+            self.inner.refused_if_full(&error);
             if let Some((_, callback)) = callback {
                 callback(Err(error));
             }
@@ -367,9 +400,13 @@ impl Producer {
     /// ([`Error::QueueFull`], [`Error::ProducerClosed`], or a validation error).
     #[allow(clippy::result_large_err)] // The record is handed back, as rdkafka's `send_result`.
     pub fn try_send(&self, record: Record) -> Result<DeliveryFuture, (Error, Record)> {
-        self.inner
-            .enqueue(record, &mut None)
-            .map(|(completion, metadata)| DeliveryFuture::pending(completion, metadata))
+        match self.inner.enqueue(record, &mut None) {
+            Ok((completion, metadata)) => Ok(DeliveryFuture::pending(completion, metadata)),
+            Err((error, record)) => {
+                self.inner.refused_if_full(&error);
+                Err((error, record))
+            }
+        }
     }
 
     /// For plain threads: waits up to `timeout` for room in the queue, then sends. Fails with
@@ -396,7 +433,9 @@ impl Producer {
                         inner.closed.load(Ordering::Acquire) || !budget.is_full_for(bytes)
                     };
                     if !inner.budget.wait_until(deadline, room) {
-                        return Err(Error::QueueFullTimeout { waited: started.elapsed() });
+                        let error = Error::QueueFullTimeout { waited: started.elapsed() };
+                        inner.metrics.record_refused(&error);
+                        return Err(error);
                     }
                 }
                 Err((error, _)) => return Err(error),
@@ -451,6 +490,37 @@ impl Producer {
         self.inner.budget.pending_records()
     }
 
+    /// A snapshot of what the producer has done so far, per shard and in total.
+    pub fn stats(&self) -> ProducerStats {
+        let mut total =
+            ProducerStats { in_flight_records: self.in_flight_count(), ..ProducerStats::default() };
+        for (worker, (shard, counters)) in
+            self.inner.shards.iter().zip(&self.inner.counters).enumerate()
+        {
+            let load = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed);
+            let gauge = |counter: &std::sync::atomic::AtomicI64| {
+                u64::try_from(counter.load(Ordering::Relaxed)).unwrap_or(0)
+            };
+            let stats = ShardStats {
+                worker,
+                records_sent: shard.accumulator().appended(),
+                records_acked: load(&counters.acked_records),
+                records_failed: load(&counters.failed_records),
+                payload_bytes_acked: load(&counters.acked_bytes),
+                inflight_batches: gauge(&counters.inflight_batches),
+                connections: gauge(&counters.connections),
+            };
+            total.records_sent += stats.records_sent;
+            total.records_acked += stats.records_acked;
+            total.records_failed += stats.records_failed;
+            total.payload_bytes_acked += stats.payload_bytes_acked;
+            total.inflight_batches += stats.inflight_batches;
+            total.connections += stats.connections;
+            total.shards.push(stats);
+        }
+        total
+    }
+
     /// The I/O driver in use: `"io_uring"` or `"epoll"`.
     pub fn transport(&self) -> &'static str {
         self.inner.driver.name()
@@ -483,6 +553,7 @@ impl Inner {
         callback: &mut Option<(u64, Callback)>,
     ) -> Result<(Arc<BatchCompletion>, u64), (Error, Record)> {
         if self.closed.load(Ordering::Acquire) {
+            self.metrics.record_refused(&Error::ProducerClosed);
             return Err((Error::ProducerClosed, record));
         }
         let payload_len = record.payload().len();
@@ -505,8 +576,16 @@ impl Inner {
             }
             Err(error) => {
                 self.budget.release(1, payload_len as u64);
+                self.metrics.record_refused(&error);
                 Err((error, record))
             }
+        }
+    }
+
+    /// Counts a `QueueFull` that is final (every other refusal is counted where it happens).
+    fn refused_if_full(&self, error: &Error) {
+        if *error == Error::QueueFull {
+            self.metrics.record_refused(error);
         }
     }
 
@@ -541,6 +620,48 @@ impl Inner {
             let _ = thread.join();
         }
     }
+}
+
+/// What [`Producer::stats`] reports.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ProducerStats {
+    /// Records accepted into batches.
+    pub records_sent: u64,
+    /// Records acked by a DataProxy node.
+    pub records_acked: u64,
+    /// Records that failed after being accepted.
+    pub records_failed: u64,
+    /// Payload bytes acked.
+    pub payload_bytes_acked: u64,
+    /// Records accepted and not yet resolved.
+    pub in_flight_records: u64,
+    /// Batches queued or in flight.
+    pub inflight_batches: u64,
+    /// Connections up.
+    pub connections: u64,
+    /// The same, per shard.
+    pub shards: Vec<ShardStats>,
+}
+
+/// One shard's part of [`ProducerStats`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ShardStats {
+    /// The shard index (`wid`, the `worker` label).
+    pub worker: usize,
+    /// Records accepted into this shard's batches.
+    pub records_sent: u64,
+    /// Records acked.
+    pub records_acked: u64,
+    /// Records failed after being accepted.
+    pub records_failed: u64,
+    /// Payload bytes acked.
+    pub payload_bytes_acked: u64,
+    /// Batches queued or in flight.
+    pub inflight_batches: u64,
+    /// Connections up.
+    pub connections: u64,
 }
 
 /// The future of [`Producer::flush`] and [`Producer::close`].

@@ -110,6 +110,7 @@ pub struct BatchAccumulator {
     sealed: Vec<SealedBatch>,
     spare_bodies: Vec<BatchBody>,
     closed: bool,
+    appended: u64,
 }
 
 impl std::fmt::Debug for BatchAccumulator {
@@ -130,6 +131,7 @@ impl BatchAccumulator {
             sealed: Vec::new(),
             spare_bodies: Vec::new(),
             closed: false,
+            appended: 0,
         }
     }
 
@@ -184,6 +186,7 @@ impl BatchAccumulator {
             batch.callbacks.push((batch.body.count() - 1, metadata, callback));
         }
         let completion = batch.completion.clone();
+        self.appended += 1;
         let full = batch.body.count() >= self.limits.max_messages
             || batch.body.payload_bytes() >= self.limits.max_payload_bytes;
         if full {
@@ -250,6 +253,11 @@ impl BatchAccumulator {
             body.clear();
             self.spare_bodies.push(body);
         }
+    }
+
+    /// Records accepted since the start.
+    pub fn appended(&self) -> u64 {
+        self.appended
     }
 
     /// Open batches.

@@ -22,7 +22,8 @@ pub use transport::{probe_driver, Driver};
 
 use crate::engine::PendingBudget;
 use crate::engine::{ConnId, EngineConfig, EngineEvent, SealedBatch, ShardEngine};
-use crate::error::Error;
+use crate::error::{codes, Error};
+use crate::metrics::ShardMetrics;
 use transport::{connect, ConnTasks, Lost, SocketSettings};
 
 /// Everything a shard thread needs to start.
@@ -48,6 +49,8 @@ pub struct ShardSettings {
     pub driver: Driver,
     /// The core to pin the thread to.
     pub core: Option<core_affinity::CoreId>,
+    /// This shard's metric handles.
+    pub metrics: ShardMetrics,
 }
 
 /// Starts the shard thread. It runs until told to close (or abort) through `shared`.
@@ -124,7 +127,7 @@ struct Shell {
 
 async fn run(settings: ShardSettings, shared: Arc<ShardShared>, budget: Arc<PendingBudget>) {
     let endpoints = settings.endpoints.len();
-    let engine = ShardEngine::new(settings.engine.clone(), budget);
+    let engine = ShardEngine::new(settings.engine.clone(), budget, settings.metrics.clone());
     // A primary connection and, when there is more than one node, a second one for retries.
     let slots = (0..endpoints.min(2))
         .map(|k| Slot {
@@ -163,7 +166,7 @@ impl Shell {
                     Command::Abort => {
                         self.shared.accumulator().close();
                         self.take_sealed(now);
-                        self.engine.borrow_mut().fail_all(&Error::ProducerClosed);
+                        self.engine.borrow_mut().fail_all(now, &Error::ProducerClosed);
                         return;
                     }
                 }
@@ -193,7 +196,7 @@ impl Shell {
                         "close deadline reached"
                     );
                     self.shared.add_failed_at_close(undelivered);
-                    self.engine.borrow_mut().fail_all(&Error::FlushTimeout { undelivered });
+                    self.engine.borrow_mut().fail_all(now, &Error::FlushTimeout { undelivered });
                     return;
                 }
             }
@@ -243,12 +246,14 @@ impl Shell {
                     let id = tasks.id;
                     tracing::debug!(shard = self.settings.index, conn = id, %endpoint, "connected");
                     self.engine.borrow_mut().add_conn(now, id, endpoint);
+                    self.settings.metrics.connections_delta(1);
                     self.conns.insert(id, tasks);
                     self.slots[slot].state = SlotState::Connected(id);
                     self.slots[slot].failures = 0;
                 }
                 Err(error) => {
                     tracing::warn!(shard = self.settings.index, %endpoint, %error, "connect failed");
+                    self.settings.metrics.error_event(codes::NEW_CONN_FAILED);
                     self.slot_down(slot, now);
                 }
             }
@@ -274,6 +279,12 @@ impl Shell {
         let Some(tasks) = self.conns.remove(&conn) else { return };
         tracing::debug!(shard = self.settings.index, conn, endpoint = %tasks.endpoint, reason, "connection closed");
         tasks.close();
+        self.settings.metrics.connections_delta(-1);
+        let (update_code, error_code) = reason_codes(reason);
+        self.settings.metrics.conn_updated(update_code);
+        if let Some(code) = error_code {
+            self.settings.metrics.error_event(code);
+        }
         self.engine.borrow_mut().conn_lost(now, conn, reason);
         if let Some(slot) =
             self.slots.iter().position(|s| matches!(s.state, SlotState::Connected(c) if c == conn))
@@ -376,6 +387,23 @@ impl Shell {
         for (_, tasks) in self.conns.drain() {
             tasks.close();
         }
+    }
+}
+
+/// How a closed connection is counted: the `data_proxy_update_conn_count` code (as Go: 0 for
+/// periodic or server-requested switches, 10007 after a write failure, 20001 after the peer closed
+/// or broke it) and the error event, if any.
+fn reason_codes(reason: &str) -> (u32, Option<u32>) {
+    if reason.starts_with("write failed") {
+        (codes::CONN_WRITE_FAILED, Some(codes::CONN_WRITE_FAILED))
+    } else if reason.starts_with("closed by the server") {
+        (codes::UNKNOWN, Some(codes::CONN_CLOSED_BY_PEER))
+    } else if reason.starts_with("read failed") || reason.starts_with("bad reply") {
+        (codes::UNKNOWN, Some(codes::CONN_READ_FAILED))
+    } else if reason.starts_with("heartbeat") {
+        (codes::UNKNOWN, None)
+    } else {
+        (codes::OK, None)
     }
 }
 

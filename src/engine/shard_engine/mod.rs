@@ -20,6 +20,7 @@ use super::accumulator::SealedBatch;
 use super::budget::PendingBudget;
 use super::completion::{BatchCompletion, BatchOutcome, Callback};
 use crate::error::Error;
+use crate::metrics::ShardMetrics;
 use crate::protocol::{
     self, AddColumns, BatchBody, BatchHeader, FrameEncoder, FrameError, Reply, HEARTBEAT_REQUEST,
     MAX_REPLY_FRAME_LEN,
@@ -135,6 +136,8 @@ pub struct ShardEngine {
     config: EngineConfig,
     encoder: FrameEncoder,
     budget: Arc<PendingBudget>,
+    metrics: ShardMetrics,
+    pending_records: u64,
     batches: HashMap<u64, Inflight>,
     queue: VecDeque<u64>,
     backoffs: BinaryHeap<Reverse<(Instant, u64, u32)>>,
@@ -160,7 +163,11 @@ impl std::fmt::Debug for ShardEngine {
 
 impl ShardEngine {
     /// An engine with no batches and no connections.
-    pub fn new(config: EngineConfig, budget: Arc<PendingBudget>) -> ShardEngine {
+    pub fn new(
+        config: EngineConfig,
+        budget: Arc<PendingBudget>,
+        metrics: ShardMetrics,
+    ) -> ShardEngine {
         let mut encoder = FrameEncoder::new();
         encoder.set_compression(config.compression);
         let rng = config.seed | 1;
@@ -169,6 +176,8 @@ impl ShardEngine {
             config,
             encoder,
             budget,
+            metrics,
+            pending_records: 0,
             batches: HashMap::new(),
             queue: VecDeque::new(),
             backoffs: BinaryHeap::new(),
@@ -190,7 +199,7 @@ impl ShardEngine {
 
     /// Records in the batches not yet resolved.
     pub fn pending_records(&self) -> u64 {
-        self.batches.values().map(|batch| u64::from(batch.records)).sum()
+        self.pending_records
     }
 
     /// Connections known to the engine.
@@ -251,13 +260,16 @@ impl ShardEngine {
         }
         match encoded {
             Ok(_) => {
+                self.pending_records += u64::from(records);
+                self.metrics.inflight_delta(1);
+                self.metrics.pending.add(i64::from(records));
                 self.batches.insert(id, inflight);
                 self.queue.push_back(id);
             }
             Err(error) => {
                 // The accumulator keeps batches under the limit; a Manager that lowered it
                 // after the batch was opened can still make this happen.
-                self.resolve_failed(id, &mut inflight, error);
+                finish(&mut inflight, Err(error), &self.budget, &self.metrics, now);
             }
         }
     }
@@ -389,7 +401,7 @@ impl ShardEngine {
                     opened_at: batch.opened_at,
                     acked_at: now,
                 };
-                self.resolve(id, Ok(outcome));
+                self.resolve(now, id, Ok(outcome));
             }
             code if self.config.retry_on_server_error && RETRYABLE_SERVER_CODES.contains(&code) => {
                 if code == SERVICE_CLOSED {
@@ -402,7 +414,7 @@ impl ShardEngine {
             code => {
                 let error =
                     Error::Server { code, message: reply.err_msg_lossy(), endpoint, batch_id: id };
-                self.resolve(id, Err(error));
+                self.resolve(now, id, Err(error));
             }
         }
         Ok(())
@@ -467,6 +479,7 @@ impl ShardEngine {
             batch.state =
                 BatchState::Sent { conn: conn.id, deadline: now + self.config.send_timeout };
             conn.out.extend_from_slice(&batch.frame);
+            self.metrics.wire_bytes.inc_by(batch.frame.len() as u64);
             conn.sent.push_back((id, batch.attempts));
         }
     }
@@ -582,6 +595,7 @@ impl ShardEngine {
             }
         }
         for (id, conn, endpoint) in expired {
+            self.metrics.timeout.inc();
             let cause = Error::AckTimeout { endpoint, timeout: self.config.send_timeout };
             self.retry_or_fail(now, id, cause, true);
             // Is the connection itself dead? Probe it now instead of waiting for it to idle.
@@ -640,9 +654,10 @@ impl ShardEngine {
                 attempts: batch.attempts,
                 last_error: batch.last_error.take().map(Box::new),
             };
-            self.resolve(id, Err(error));
+            self.resolve(now, id, Err(error));
             return;
         }
+        self.metrics.retry.inc();
         let attempts = batch.attempts;
         if with_backoff {
             batch.state = BatchState::Backoff;
@@ -656,29 +671,38 @@ impl ShardEngine {
     }
 
     /// Fails every unresolved batch with `error` (close deadline, producer dropped).
-    pub fn fail_all(&mut self, error: &Error) {
+    pub fn fail_all(&mut self, now: Instant, error: &Error) {
         let ids: Vec<u64> = self.batches.keys().copied().collect();
         for id in ids {
-            self.resolve(id, Err(error.clone()));
+            self.resolve(now, id, Err(error.clone()));
         }
         self.queue.clear();
         self.backoffs.clear();
     }
 
-    fn resolve(&mut self, id: u64, outcome: Result<BatchOutcome, Error>) {
+    fn resolve(&mut self, now: Instant, id: u64, outcome: Result<BatchOutcome, Error>) {
         if let Some(mut batch) = self.batches.remove(&id) {
-            finish(&mut batch, outcome, &self.budget);
+            self.pending_records -= u64::from(batch.records);
+            self.metrics.inflight_delta(-1);
+            self.metrics.pending.sub(i64::from(batch.records));
+            finish(&mut batch, outcome, &self.budget, &self.metrics, now);
             self.recycle(std::mem::take(&mut batch.frame));
         }
     }
-
-    fn resolve_failed(&mut self, _id: u64, batch: &mut Inflight, error: Error) {
-        finish(batch, Err(error), &self.budget);
-    }
 }
 
-/// Resolves the batch's completion, runs its callbacks and gives its room back.
-fn finish(batch: &mut Inflight, outcome: Result<BatchOutcome, Error>, budget: &PendingBudget) {
+/// Resolves the batch's completion, runs its callbacks, counts it and gives its room back.
+fn finish(
+    batch: &mut Inflight,
+    outcome: Result<BatchOutcome, Error>,
+    budget: &PendingBudget,
+    metrics: &ShardMetrics,
+    now: Instant,
+) {
+    let age = now.saturating_duration_since(batch.opened_at).as_secs_f64();
+    metrics.batch_done(batch.records, batch.payload_bytes, age, outcome.as_ref().map(|_| ()));
+    // Room first: whoever learns of this outcome may send again at once.
+    budget.release(u64::from(batch.records), batch.payload_bytes);
     for (_, metadata, callback) in batch.callbacks.drain(..) {
         let result = match &outcome {
             Ok(outcome) => Ok(outcome.report(metadata)),
@@ -690,7 +714,6 @@ fn finish(batch: &mut Inflight, outcome: Result<BatchOutcome, Error>, budget: &P
         tracing::debug!(stream = %batch.stream_id, records = batch.records, %error, "batch failed");
     }
     batch.completion.resolve(outcome);
-    budget.release(u64::from(batch.records), batch.payload_bytes);
 }
 
 #[cfg(test)]

@@ -44,7 +44,15 @@ fn ep(port: u16) -> SocketAddr {
 impl Harness {
     fn new(config: EngineConfig) -> Harness {
         let budget = Arc::new(PendingBudget::new(1000, 1 << 20));
-        Harness { engine: ShardEngine::new(config, budget.clone()), budget, now: Instant::now() }
+        Harness {
+            engine: ShardEngine::new(
+                config,
+                budget.clone(),
+                crate::metrics::ShardMetrics::detached(),
+            ),
+            budget,
+            now: Instant::now(),
+        }
     }
 
     /// Enqueues a batch of `records` one-byte records and returns its completion.
@@ -358,7 +366,7 @@ fn fail_all_resolves_everything_once() {
     let sent = h.batch(2);
     h.transmit();
     let queued = h.batch(3);
-    h.engine.fail_all(&Error::ProducerClosed);
+    h.engine.fail_all(h.now, &Error::ProducerClosed);
     assert_eq!(outcome(&sent), Some(Err(Error::ProducerClosed)));
     assert_eq!(outcome(&queued), Some(Err(Error::ProducerClosed)));
     assert_eq!((h.engine.inflight(), h.budget.pending_records()), (0, 0));
