@@ -4,7 +4,9 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::task::Waker;
+use std::time::Duration;
 use std::time::Instant;
 
 use tokio::runtime::Handle;
@@ -85,6 +87,15 @@ pub struct Endpoints {
     pub max_packet_length: Option<usize>,
     /// `static`, `manager` or `cache`.
     pub source: &'static str,
+    /// The Manager client and cache, kept for the periodic refresh (none for static endpoints).
+    pub discovery: Option<Discovery>,
+}
+
+/// What the refresh loop needs: the client (one `reqwest::Client`, reused) and the cache.
+#[derive(Debug, Clone)]
+pub struct Discovery {
+    client: Arc<ManagerClient>,
+    cache: Option<NodeListCache>,
 }
 
 /// Static endpoints, or one bounded Manager lookup (with the cache as a fallback).
@@ -97,6 +108,7 @@ pub fn initial_endpoints(
             addrs: config.endpoints.clone(),
             max_packet_length: None,
             source: "static",
+            discovery: None,
         });
     };
     let client_config = ManagerClientConfig {
@@ -117,7 +129,7 @@ pub fn initial_endpoints(
         cache.with_max_age(config.node_list_cache_max_age)
     });
     let lookup = async move {
-        let client = ManagerClient::new(client_config)?;
+        let client = Arc::new(ManagerClient::new(client_config)?);
         let (list, source) = discovery::initial_lookup(&client, cache.as_ref()).await?;
         let source = match source {
             Source::Cache { age } => {
@@ -129,22 +141,12 @@ pub fn initial_endpoints(
             }
             Source::Manager => "manager",
         };
-        let mut addrs = Vec::new();
-        for endpoint in &list.endpoints {
-            match endpoint.to_socket_addr() {
-                Some(addr) => addrs.push(addr),
-                None => match tokio::net::lookup_host((endpoint.host(), endpoint.port())).await {
-                    Ok(mut resolved) => addrs.extend(resolved.next()),
-                    Err(error) => {
-                        tracing::warn!(%endpoint, %error, "cannot resolve a DataProxy node");
-                    }
-                },
-            }
-        }
+        let addrs = resolve(&list).await;
         Ok::<_, discovery::DiscoveryError>(Endpoints {
             addrs,
             max_packet_length: list.max_packet_length,
             source,
+            discovery: Some(Discovery { client, cache }),
         })
     };
     let endpoints = control
@@ -158,4 +160,71 @@ pub fn initial_endpoints(
         return Err(Error::NoEndpoints);
     }
     Ok(endpoints)
+}
+
+/// Resolves the list's nodes (IP literals directly, host names through DNS), in order.
+async fn resolve(list: &discovery::NodeList) -> Vec<SocketAddr> {
+    let mut addrs = Vec::new();
+    for endpoint in &list.endpoints {
+        match endpoint.to_socket_addr() {
+            Some(addr) => addrs.push(addr),
+            None => match tokio::net::lookup_host((endpoint.host(), endpoint.port())).await {
+                Ok(mut resolved) => addrs.extend(resolved.next()),
+                Err(error) => {
+                    tracing::warn!(%endpoint, %error, "cannot resolve a DataProxy node");
+                }
+            },
+        }
+    }
+    addrs
+}
+
+impl ControlThread {
+    /// Asks the Manager for the node list every `interval`; when the set of nodes changes, tells
+    /// every shard (which moves its connections, draining the old ones). A failed lookup or an
+    /// empty list keeps the old list. `on_lookup` is told each lookup's result for the metrics.
+    pub fn spawn_refresh(
+        &self,
+        discovery: Discovery,
+        interval: Duration,
+        mut current: Vec<SocketAddr>,
+        mut tell_shards: impl FnMut(Vec<SocketAddr>) + Send + 'static,
+        on_lookup: impl Fn(&'static str) + Send + 'static,
+    ) {
+        self.handle.spawn(async move {
+            let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticker.tick().await;
+                let list = match discovery.client.lookup().await {
+                    Ok(list) => list,
+                    Err(error) => {
+                        tracing::warn!(%error, "node list refresh failed; keeping the old list");
+                        on_lookup("error");
+                        continue;
+                    }
+                };
+                on_lookup("manager");
+                let addrs = resolve(&list).await;
+                if addrs.is_empty() {
+                    continue;
+                }
+                let diff = discovery::diff(
+                    &current.iter().copied().map(discovery::Endpoint::from).collect::<Vec<_>>(),
+                    &addrs.iter().copied().map(discovery::Endpoint::from).collect::<Vec<_>>(),
+                );
+                if diff.is_empty() {
+                    continue;
+                }
+                tracing::info!(added = ?diff.added, removed = ?diff.removed, "DataProxy node list changed");
+                if let Some(cache) = &discovery.cache {
+                    if let Err(error) = cache.store(&list, std::time::SystemTime::now()) {
+                        tracing::warn!(%error, "cannot save the node list cache");
+                    }
+                }
+                current.clone_from(&addrs);
+                tell_shards(addrs);
+            }
+        });
+    }
 }

@@ -345,6 +345,21 @@ impl Producer {
             shards.push(shared);
             threads.push(thread);
         }
+        if let Some(discovery) = endpoints.discovery.clone() {
+            let targets = shards.clone();
+            let lookups = metrics.clone();
+            control.spawn_refresh(
+                discovery,
+                config.update_interval,
+                endpoints.addrs.clone(),
+                move |addrs| {
+                    for shard in &targets {
+                        shard.command(Command::SetEndpoints(addrs.clone()));
+                    }
+                },
+                move |result| lookups.discovery_lookup(result),
+            );
+        }
         let inner = Inner {
             config,
             shards,
@@ -576,6 +591,7 @@ impl Inner {
             }
             Err(error) => {
                 self.budget.release(1, payload_len as u64);
+                self.budget.settle(1);
                 self.metrics.record_refused(&error);
                 Err((error, record))
             }

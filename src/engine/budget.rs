@@ -14,8 +14,11 @@ use std::time::Instant;
 /// See the module docs.
 #[derive(Debug)]
 pub struct PendingBudget {
+    /// Records holding room (admission).
     records: AtomicU64,
     bytes: AtomicU64,
+    /// Records not yet fully resolved (callbacks run, futures woken): what `flush` waits for.
+    unresolved: AtomicU64,
     max_records: u64,
     max_bytes: u64,
     waiters: Mutex<Waiters>,
@@ -35,6 +38,7 @@ impl PendingBudget {
         PendingBudget {
             records: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
+            unresolved: AtomicU64::new(0),
             max_records: max_records as u64,
             max_bytes: max_bytes as u64,
             waiters: Mutex::new(Waiters::default()),
@@ -56,9 +60,11 @@ impl PendingBudget {
         let over_records = records >= self.max_records;
         let over_bytes = held + bytes > self.max_bytes && held > 0;
         if over_records || over_bytes {
-            self.release(1, bytes);
+            self.records.fetch_sub(1, Ordering::AcqRel);
+            self.bytes.fetch_sub(bytes, Ordering::AcqRel);
             return false;
         }
+        self.unresolved.fetch_add(1, Ordering::AcqRel);
         true
     }
 
@@ -69,10 +75,22 @@ impl PendingBudget {
             || (held + bytes as u64 > self.max_bytes && held > 0)
     }
 
-    /// Gives back room for `records` records and `bytes` bytes and wakes waiters.
+    /// Gives back room for `records` records and `bytes` bytes and wakes waiters. Called before
+    /// the outcome is announced, so whoever learns of it can send again at once.
     pub fn release(&self, records: u64, bytes: u64) {
         self.records.fetch_sub(records, Ordering::AcqRel);
         self.bytes.fetch_sub(bytes, Ordering::AcqRel);
+        self.notify();
+    }
+
+    /// Marks `records` records resolved. Called after their callbacks ran, so `flush` returns
+    /// only once every callback has run.
+    pub fn settle(&self, records: u64) {
+        self.unresolved.fetch_sub(records, Ordering::AcqRel);
+        self.notify();
+    }
+
+    fn notify(&self) {
         let wakers = {
             let mut waiters = self.lock();
             waiters.releases += 1;
@@ -86,7 +104,7 @@ impl PendingBudget {
 
     /// Records accepted and not yet resolved.
     pub fn pending_records(&self) -> u64 {
-        self.records.load(Ordering::Acquire)
+        self.unresolved.load(Ordering::Acquire)
     }
 
     /// Payload bytes accepted and not yet resolved.
@@ -160,6 +178,7 @@ mod tests {
         assert!(!budget.try_acquire(10), "record cap");
         assert_eq!(budget.pending_records(), 2);
         budget.release(2, 20);
+        budget.settle(2);
         assert!(budget.try_acquire(60));
         assert!(!budget.try_acquire(60), "byte cap");
         assert_eq!(budget.pending_bytes(), 60);
@@ -177,7 +196,10 @@ mod tests {
         let budget = Arc::new(PendingBudget::new(1, 100));
         assert!(budget.try_acquire(1));
         let releaser = budget.clone();
-        let thread = std::thread::spawn(move || releaser.release(1, 1));
+        let thread = std::thread::spawn(move || {
+            releaser.release(1, 1);
+            releaser.settle(1);
+        });
         let deadline = Instant::now() + Duration::from_secs(10);
         assert!(budget.wait_until(deadline, |b| b.pending_records() == 0));
         thread.join().unwrap();

@@ -12,7 +12,7 @@ use std::time::Instant;
 use crate::engine::BatchAccumulator;
 
 /// Orders for a shard, beyond the records it finds in its accumulator.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     /// Seal every open batch now.
     Flush,
@@ -24,6 +24,8 @@ pub enum Command {
     },
     /// The producer was dropped without `close`: fail everything with `ProducerClosed` and exit.
     Abort,
+    /// The Manager's node list changed.
+    SetEndpoints(Vec<std::net::SocketAddr>),
 }
 
 /// See the module docs.

@@ -7,6 +7,7 @@
 //! the reader tasks back into the engine, and sleeps until the next deadline or wake-up. Everything
 //! that decides anything lives in the engine; this module only moves bytes and time.
 
+mod endpoints;
 pub mod mailbox;
 mod transport;
 
@@ -24,6 +25,7 @@ use crate::engine::PendingBudget;
 use crate::engine::{ConnId, EngineConfig, EngineEvent, SealedBatch, ShardEngine};
 use crate::error::{codes, Error};
 use crate::metrics::ShardMetrics;
+use endpoints::{EndpointPlan, SlotState};
 use transport::{connect, ConnTasks, Lost, SocketSettings};
 
 /// Everything a shard thread needs to start.
@@ -92,22 +94,8 @@ fn fail_everything(shared: &ShardShared, budget: &Arc<PendingBudget>, error: &Er
             callback(Err(error.clone()));
         }
         budget.release(u64::from(batch.body.count()), batch.body.payload_bytes() as u64);
+        budget.settle(u64::from(batch.body.count()));
     }
-}
-
-/// A connection the shard wants: which endpoint it points at and how it is doing.
-#[derive(Debug)]
-struct Slot {
-    endpoint: usize,
-    state: SlotState,
-    failures: u32,
-}
-
-#[derive(Debug)]
-enum SlotState {
-    Connected(ConnId),
-    Connecting,
-    Down { retry_at: Instant },
 }
 
 /// A finished connect attempt: the slot it was for and its result.
@@ -118,7 +106,9 @@ struct Shell {
     engine: Rc<RefCell<ShardEngine>>,
     shared: Arc<ShardShared>,
     conns: HashMap<ConnId, ConnTasks>,
-    slots: Vec<Slot>,
+    plan: EndpointPlan,
+    /// Which slot each connection serves; drained connections serve none.
+    slot_of: HashMap<ConnId, usize>,
     lost: Rc<RefCell<Vec<Lost>>>,
     connected: Rc<RefCell<Vec<Connected>>>,
     next_conn: ConnId,
@@ -126,22 +116,15 @@ struct Shell {
 }
 
 async fn run(settings: ShardSettings, shared: Arc<ShardShared>, budget: Arc<PendingBudget>) {
-    let endpoints = settings.endpoints.len();
     let engine = ShardEngine::new(settings.engine.clone(), budget, settings.metrics.clone());
-    // A primary connection and, when there is more than one node, a second one for retries.
-    let slots = (0..endpoints.min(2))
-        .map(|k| Slot {
-            endpoint: (settings.index + k) % endpoints,
-            state: SlotState::Down { retry_at: Instant::now() },
-            failures: 0,
-        })
-        .collect();
+    let plan = EndpointPlan::new(settings.index, settings.endpoints.clone(), Instant::now());
     let mut shell = Shell {
         settings,
         engine: Rc::new(RefCell::new(engine)),
         shared,
         conns: HashMap::new(),
-        slots,
+        plan,
+        slot_of: HashMap::new(),
         lost: Rc::default(),
         connected: Rc::default(),
         next_conn: 1,
@@ -163,6 +146,10 @@ impl Shell {
                         self.shared.accumulator().close();
                         closing = Some(closing.map_or(deadline, |d| d.min(deadline)));
                     }
+                    Command::SetEndpoints(endpoints) => {
+                        tracing::info!(shard = self.settings.index, ?endpoints, "new node list");
+                        self.plan.set_endpoints(endpoints, now);
+                    }
                     Command::Abort => {
                         self.shared.accumulator().close();
                         self.take_sealed(now);
@@ -180,6 +167,7 @@ impl Shell {
                 }
             }
             self.handle_events(now);
+            self.rebalance(now);
             self.reconnect(now);
             self.transmit(now);
 
@@ -201,11 +189,15 @@ impl Shell {
                 }
             }
 
-            let mut wake_at =
-                [linger, self.engine.borrow().poll_timeout(), closing, self.next_reconnect()]
-                    .into_iter()
-                    .flatten()
-                    .min();
+            let mut wake_at = [
+                linger,
+                self.engine.borrow().poll_timeout(),
+                closing,
+                self.plan.next_deadline(now),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
             if self.settings.max_conn_lifetime.is_some() {
                 let check = now + Duration::from_secs(1);
                 wake_at = Some(wake_at.map_or(check, |at| at.min(check)));
@@ -240,21 +232,32 @@ impl Shell {
     fn handle_connections(&mut self, now: Instant) {
         let connected = std::mem::take(&mut *self.connected.borrow_mut());
         for (slot, result) in connected {
-            let endpoint = self.settings.endpoints[self.slots[slot].endpoint];
+            let wanted = self.plan.slots().get(slot).map(|s| (s.endpoint, s.state));
             match result {
                 Ok(tasks) => {
-                    let id = tasks.id;
+                    let (id, endpoint) = (tasks.id, tasks.endpoint);
+                    if wanted != Some((endpoint, SlotState::Connecting)) {
+                        // The plan moved on while connecting (new node list): not needed.
+                        tasks.close();
+                        continue;
+                    }
                     tracing::debug!(shard = self.settings.index, conn = id, %endpoint, "connected");
                     self.engine.borrow_mut().add_conn(now, id, endpoint);
                     self.settings.metrics.connections_delta(1);
                     self.conns.insert(id, tasks);
-                    self.slots[slot].state = SlotState::Connected(id);
-                    self.slots[slot].failures = 0;
+                    self.slot_of.insert(id, slot);
+                    self.plan.connected(slot, endpoint);
+                    if slot == 0 {
+                        self.engine.borrow_mut().prefer(id);
+                    }
                 }
                 Err(error) => {
+                    let endpoint = wanted.map(|(e, _)| e.to_string()).unwrap_or_default();
                     tracing::warn!(shard = self.settings.index, %endpoint, %error, "connect failed");
                     self.settings.metrics.error_event(codes::NEW_CONN_FAILED);
-                    self.slot_down(slot, now);
+                    if matches!(wanted, Some((_, SlotState::Connecting))) {
+                        self.plan.failed(slot, now);
+                    }
                 }
             }
         }
@@ -266,12 +269,21 @@ impl Shell {
             let old: Vec<ConnId> = self
                 .conns
                 .values()
-                .filter(|c| c.opened_at + lifetime <= now)
+                .filter(|c| c.opened_at + lifetime <= now && self.slot_of.contains_key(&c.id))
                 .map(|c| c.id)
                 .collect();
             for conn in old {
-                self.drop_conn(now, conn, "max_conn_lifetime reached");
+                self.drain(conn, "max_conn_lifetime reached", now);
             }
+        }
+    }
+
+    /// Stops giving `conn` new batches; it closes once its replies are in, and its slot
+    /// reconnects (to the best node) at once.
+    fn drain(&mut self, conn: ConnId, reason: &'static str, now: Instant) {
+        self.engine.borrow_mut().drain_conn(conn, reason);
+        if let Some(slot) = self.slot_of.remove(&conn) {
+            self.plan.released(slot, now);
         }
     }
 
@@ -286,60 +298,42 @@ impl Shell {
             self.settings.metrics.error_event(code);
         }
         self.engine.borrow_mut().conn_lost(now, conn, reason);
-        if let Some(slot) =
-            self.slots.iter().position(|s| matches!(s.state, SlotState::Connected(c) if c == conn))
-        {
-            self.slot_down(slot, now);
+        if let Some(slot) = self.slot_of.remove(&conn) {
+            // A connection that broke (not one we drained): quarantine its node.
+            self.plan.failed(slot, now);
         }
     }
 
-    /// Marks a slot down and points it at the next endpoint, with a growing pause.
-    fn slot_down(&mut self, slot: usize, now: Instant) {
-        let endpoints = self.settings.endpoints.len();
-        let s = &mut self.slots[slot];
-        s.failures += 1;
-        if endpoints > 1 {
-            s.endpoint = (s.endpoint + 1) % endpoints;
-            let taken: Vec<usize> = self
-                .slots
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| *i != slot)
-                .map(|(_, s)| s.endpoint)
-                .collect();
-            let s = &mut self.slots[slot];
-            if taken.contains(&s.endpoint) && endpoints > 2 {
-                s.endpoint = (s.endpoint + 1) % endpoints;
+    /// Moves slots off nodes they should leave (removed, or a better node is back).
+    fn rebalance(&mut self, now: Instant) {
+        self.plan.refresh_down_slots(now);
+        let misplaced = self.plan.misplaced(now);
+        if misplaced.is_empty() {
+            return;
+        }
+        let wanted = self.plan.endpoints().len().min(2);
+        for slot in misplaced {
+            let conn = self.slot_of.iter().find(|(_, s)| **s == slot).map(|(c, _)| *c);
+            if let Some(conn) = conn {
+                tracing::info!(
+                    shard = self.settings.index,
+                    conn,
+                    "moving a connection to another node"
+                );
+                self.engine.borrow_mut().drain_conn(conn, "rebalanced");
+                self.slot_of.remove(&conn);
+            }
+            if slot < wanted {
+                self.plan.released(slot, now);
             }
         }
-        let s = &mut self.slots[slot];
-        let exponent = s.failures.saturating_sub(1).min(6);
-        let pause = Duration::from_millis(50 * (1 << exponent)).min(Duration::from_secs(2));
-        s.state = SlotState::Down {
-            retry_at: now + if s.failures <= 1 { Duration::ZERO } else { pause },
-        };
-    }
-
-    fn next_reconnect(&self) -> Option<Instant> {
-        self.slots
-            .iter()
-            .filter_map(|s| match s.state {
-                SlotState::Down { retry_at } => Some(retry_at),
-                _ => None,
-            })
-            .min()
+        self.plan.retire_surplus();
     }
 
     fn reconnect(&mut self, now: Instant) {
-        for (index, slot) in self.slots.iter_mut().enumerate() {
-            let SlotState::Down { retry_at } = slot.state else { continue };
-            if retry_at > now {
-                continue;
-            }
-            slot.state = SlotState::Connecting;
+        for (slot, endpoint) in self.plan.due_connects(now) {
             let id = self.next_conn;
             self.next_conn += 1;
-            let endpoint = self.settings.endpoints[slot.endpoint];
             let job = connect(
                 id,
                 endpoint,
@@ -352,7 +346,7 @@ impl Shell {
             let shared = self.shared.clone();
             compio::runtime::spawn(async move {
                 let result = job.await;
-                connected.borrow_mut().push((index, result));
+                connected.borrow_mut().push((slot, result));
                 shared.notify();
             })
             .detach();

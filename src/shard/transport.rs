@@ -125,12 +125,21 @@ impl ConnTasks {
         }
     }
 
-    /// Shuts the socket down and cancels both tasks.
+    /// Shuts the socket down; both tasks then end on their own (the read sees end-of-file, the
+    /// writer sees the closed slot or a failed write). The tasks are not cancelled: cancelling an
+    /// in-flight io_uring read was seen to stall the other connections of the ring.
     pub fn close(mut self) {
         self.slot.closed.set(true);
         let _ = self.socket.shutdown(std::net::Shutdown::Both);
-        drop(self.reader.take());
-        drop(self.writer.take());
+        if let Some(waker) = self.slot.waker.borrow_mut().take() {
+            waker.wake();
+        }
+        if let Some(reader) = self.reader.take() {
+            reader.detach();
+        }
+        if let Some(writer) = self.writer.take() {
+            writer.detach();
+        }
     }
 }
 

@@ -119,6 +119,8 @@ struct Conn {
     endpoint: SocketAddr,
     /// No new batches: the server said it is going offline; closed once its replies are in.
     draining: bool,
+    /// Why it is draining (for the log and the metrics).
+    drain_reason: &'static str,
     /// Asked the shell to close it (heartbeat lost); no more deadlines of its own.
     doomed: bool,
     writing: bool,
@@ -281,6 +283,7 @@ impl ShardEngine {
             id: conn,
             endpoint,
             draining: false,
+            drain_reason: "",
             doomed: false,
             writing: false,
             out: self.spare_buffers.pop().unwrap_or_default(),
@@ -289,6 +292,14 @@ impl ShardEngine {
             heartbeats: VecDeque::new(),
             last_write: now,
         });
+    }
+
+    /// Makes `conn` the preferred connection for new batches (the shard's primary).
+    pub fn prefer(&mut self, conn: ConnId) {
+        if let Some(index) = self.conns.iter().position(|c| c.id == conn) {
+            let preferred = self.conns.remove(index);
+            self.conns.insert(0, preferred);
+        }
     }
 
     /// The connection is gone (closed, reset, write or read failure). Its in-flight batches are
@@ -404,8 +415,9 @@ impl ShardEngine {
                 self.resolve(now, id, Ok(outcome));
             }
             code if self.config.retry_on_server_error && RETRYABLE_SERVER_CODES.contains(&code) => {
-                if code == SERVICE_CLOSED {
+                if code == SERVICE_CLOSED && !self.conns[index].draining {
                     self.conns[index].draining = true;
+                    self.conns[index].drain_reason = "server is going offline (code 2)";
                 }
                 let cause =
                     Error::Server { code, message: reply.err_msg_lossy(), endpoint, batch_id: id };
@@ -420,14 +432,23 @@ impl ShardEngine {
         Ok(())
     }
 
+    /// Gives `conn` no new batches and closes it ([`EngineEvent::CloseConn`]) once every batch
+    /// it carries is answered.
+    pub fn drain_conn(&mut self, conn: ConnId, reason: &'static str) {
+        if let Some(c) = self.conns.iter_mut().find(|c| c.id == conn) {
+            if !c.draining {
+                c.draining = true;
+                c.drain_reason = reason;
+            }
+        }
+        self.close_drained(conn);
+    }
+
     /// Closes a draining connection once every batch it carried is answered.
     fn close_drained(&mut self, conn: ConnId) {
         let Some(c) = self.conns.iter().find(|c| c.id == conn) else { return };
         if c.draining && self.live_sent(c) == 0 {
-            let event = EngineEvent::CloseConn {
-                conn,
-                reason: "server is going offline (code 2)".to_owned(),
-            };
+            let event = EngineEvent::CloseConn { conn, reason: c.drain_reason.to_owned() };
             if !self.events.contains(&event) {
                 self.events.push_back(event);
             }
@@ -611,6 +632,13 @@ impl ShardEngine {
             match conn.heartbeats.front() {
                 Some(&deadline) if deadline <= now && !conn.doomed => {
                     conn.doomed = true;
+                    tracing::debug!(
+                        conn = conn.id,
+                        writing = conn.writing,
+                        queued = conn.out.len(),
+                        sent = conn.sent.len(),
+                        "heartbeat reply missing"
+                    );
                     let reason = "heartbeat reply missing".to_owned();
                     self.events.push_back(EngineEvent::CloseConn { conn: conn.id, reason });
                 }
@@ -713,6 +741,9 @@ fn finish(
     if let Err(error) = &outcome {
         tracing::debug!(stream = %batch.stream_id, records = batch.records, %error, "batch failed");
     }
+    // Settled after the callbacks ran (so `flush` implies they did) and before the futures wake
+    // (so a woken future sees an accurate `in_flight_count`).
+    budget.settle(u64::from(batch.records));
     batch.completion.resolve(outcome);
 }
 
