@@ -1,10 +1,24 @@
-//! Argument parsing and dispatch for the `inlong-dataproxy` binary.
+//! Argument parsing and dispatch for the `inlong-dataproxy` binary, plus the two pieces `bench`
+//! and `send` share: where to send ([`TargetArgs`]) and how to collect deliveries without a
+//! closure or a thread per record ([`DeliveryRing`], [`DeliveryTally`]).
+//!
+//! Every subcommand returns `Err(String)` for a failure after parsing; `main` prints it as one
+//! `error: ...` line. Nothing here panics on user input.
 
+mod bench;
+mod send;
 mod serve;
 
+use std::collections::{BTreeMap, VecDeque};
+use std::future::Future;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::pin::Pin;
 use std::process::ExitCode;
+use std::task::{Context, Poll, Waker};
 
 use clap::{Parser, Subcommand};
+use hdrhistogram::Histogram;
+use inlong_dataproxy::{DeliveryFuture, DeliveryReport, Error, ProducerBuilder};
 
 /// A fast client SDK for Apache InLong DataProxy, and a local DataProxy + Manager to try it on.
 #[derive(Debug, Parser)]
@@ -18,12 +32,19 @@ pub struct Cli {
 enum Command {
     /// Run local DataProxy nodes and a Manager that lists them (for tests and benchmarks).
     Serve(serve::ServeArgs),
+    /// Measure the producer: records/s, MB/s, CPU per record, delivery latency, memory.
+    Bench(bench::BenchArgs),
+    /// Send one record per line of the files (or stdin) to one stream.
+    Send(send::SendArgs),
 }
 
-/// Logs go to stderr, filtered by `RUST_LOG` (default: warnings).
+/// Logs go to stderr, filtered by `RUST_LOG` (default: errors only). The commands report their
+/// own failures (one `error:` line, or a summary with each distinct error and its count), so the
+/// library's warnings, such as a Manager lookup about to be retried, stay hidden unless asked for
+/// with `RUST_LOG=warn`.
 pub fn install_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error"));
     let _ =
         tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }
@@ -32,5 +53,234 @@ pub fn install_tracing() {
 pub fn run(cli: Cli) -> Result<ExitCode, String> {
     match cli.command {
         Command::Serve(args) => serve::run(&args),
+        Command::Bench(args) => bench::run(&args),
+        Command::Send(args) => send::run(&args),
+    }
+}
+
+/// Where records go: a Manager that lists the DataProxy nodes, or the nodes themselves.
+#[derive(Debug, clap::Args)]
+pub struct TargetArgs {
+    /// The InLong Manager's `getIpList` URL, without the group ID.
+    #[arg(long, value_name = "URL", conflicts_with = "endpoints")]
+    manager_url: Option<String>,
+    /// DataProxy nodes to send to directly, without a Manager.
+    #[arg(long, value_name = "HOST:PORT,...", value_delimiter = ',')]
+    endpoints: Option<Vec<String>>,
+    /// The inlong group ID every record is sent for.
+    #[arg(long, value_name = "GROUP", default_value = "test_group")]
+    group_id: String,
+}
+
+/// [`TargetArgs`] after validation.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// Ask this Manager for the nodes.
+    Manager(String),
+    /// Send to these nodes.
+    Endpoints(Vec<SocketAddr>),
+}
+
+impl TargetArgs {
+    /// The validated target, or `None` when neither `--manager-url` nor `--endpoints` was given.
+    pub fn target(&self) -> Result<Option<Target>, String> {
+        if let Some(url) = &self.manager_url {
+            let url = url.trim();
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(format!(
+                    "bad --manager-url {url:?}: it must start with http:// or https://"
+                ));
+            }
+            return Ok(Some(Target::Manager(url.to_owned())));
+        }
+        let Some(endpoints) = &self.endpoints else {
+            return Ok(None);
+        };
+        let addrs = endpoints
+            .iter()
+            .filter(|text| !text.trim().is_empty())
+            .map(|text| resolve_addr(text, "--endpoints"))
+            .collect::<Result<Vec<_>, _>>()?;
+        if addrs.is_empty() {
+            return Err("--endpoints needs at least one HOST:PORT".to_owned());
+        }
+        Ok(Some(Target::Endpoints(addrs)))
+    }
+
+    /// The group ID.
+    pub fn group_id(&self) -> &str {
+        &self.group_id
+    }
+}
+
+impl Target {
+    /// Points `builder` at this target.
+    pub fn apply(&self, builder: ProducerBuilder) -> ProducerBuilder {
+        match self {
+            Target::Manager(url) => builder.manager_url(url.clone()),
+            Target::Endpoints(addrs) => builder.endpoints(addrs.iter().copied()),
+        }
+    }
+}
+
+/// Resolves `HOST:PORT` to its first address; `flag` names the option in the error.
+pub fn resolve_addr(text: &str, flag: &str) -> Result<SocketAddr, String> {
+    let text = text.trim();
+    let mut addrs = text
+        .to_socket_addrs()
+        .map_err(|e| format!("bad {flag} address {text:?}: {e} (expected HOST:PORT)"))?;
+    addrs.next().ok_or_else(|| format!("bad {flag} address {text:?}: it resolves to nothing"))
+}
+
+/// What became of the records sent so far: acked, or failed with which errors.
+#[derive(Debug)]
+pub struct DeliveryTally {
+    /// Records acknowledged by DataProxy.
+    pub acked: u64,
+    /// Records that failed, at `send` or later.
+    pub failed: u64,
+    /// Per error code: how many records failed with it, and the first such error's text.
+    errors: BTreeMap<u32, (u64, String)>,
+    /// Delivery latency of the acked records, in microseconds.
+    latency_us: Histogram<u64>,
+}
+
+impl DeliveryTally {
+    /// An empty tally.
+    pub fn new() -> DeliveryTally {
+        // One microsecond to one hour at three significant digits: constant, valid bounds.
+        let latency_us =
+            Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds");
+        DeliveryTally { acked: 0, failed: 0, errors: BTreeMap::new(), latency_us }
+    }
+
+    /// Counts one delivery's result.
+    pub fn count(&mut self, result: Result<DeliveryReport, Error>) {
+        match result {
+            Ok(report) => {
+                self.acked += 1;
+                let micros = u64::try_from(report.latency.as_micros()).unwrap_or(u64::MAX);
+                self.latency_us.saturating_record(micros.max(1));
+            }
+            Err(error) => self.fail(&error),
+        }
+    }
+
+    /// Counts one failed record.
+    pub fn fail(&mut self, error: &Error) {
+        self.failed += 1;
+        self.errors.entry(error.code()).or_insert_with(|| (0, error.to_string())).0 += 1;
+    }
+
+    /// The latency at `quantile` (0..=1) in milliseconds; 0 when nothing was acked.
+    pub fn latency_ms(&self, quantile: f64) -> f64 {
+        if self.latency_us.is_empty() {
+            return 0.0;
+        }
+        // Microseconds below an hour are exact in an f64.
+        #[allow(clippy::cast_precision_loss)]
+        let micros = self.latency_us.value_at_quantile(quantile) as f64;
+        micros / 1000.0
+    }
+
+    /// Prints each distinct error once, with how many records failed with it, on stderr.
+    pub fn print_errors(&self) {
+        for (code, (count, first)) in &self.errors {
+            eprintln!("failed {count} record(s) with error {code}, first: {first}");
+        }
+    }
+}
+
+/// The futures of the records in flight, oldest first, at most `capacity` of them: the
+/// application-side window of `send_blocking` + [`DeliveryFuture::wait`], with no closure, thread
+/// or channel per record.
+#[derive(Debug)]
+pub struct DeliveryRing {
+    futures: VecDeque<DeliveryFuture>,
+    capacity: usize,
+}
+
+impl DeliveryRing {
+    /// An empty ring holding at most `capacity` futures.
+    pub fn new(capacity: usize) -> DeliveryRing {
+        let capacity = capacity.max(1);
+        DeliveryRing { futures: VecDeque::with_capacity(capacity), capacity }
+    }
+
+    /// Adds a future; when the ring is full, first waits for the oldest and counts it.
+    pub fn push(&mut self, future: DeliveryFuture, tally: &mut DeliveryTally) {
+        if self.futures.len() >= self.capacity {
+            if let Some(oldest) = self.futures.pop_front() {
+                tally.count(resolve(oldest));
+            }
+        }
+        self.futures.push_back(future);
+    }
+
+    /// Waits for every future left and counts it.
+    pub fn drain(&mut self, tally: &mut DeliveryTally) {
+        while let Some(future) = self.futures.pop_front() {
+            tally.count(resolve(future));
+        }
+    }
+}
+
+/// The future's result: taken without a waker when it is already known (the common case in a
+/// full ring, and free of the allocation [`DeliveryFuture::wait`] makes), waited for otherwise.
+fn resolve(mut future: DeliveryFuture) -> Result<DeliveryReport, Error> {
+    if future.is_resolved() {
+        let mut cx = Context::from_waker(Waker::noop());
+        if let Poll::Ready(result) = Pin::new(&mut future).poll(&mut cx) {
+            return result;
+        }
+    }
+    future.wait()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tally_counts_errors_once_per_code_and_latency_in_ms() {
+        let mut tally = DeliveryTally::new();
+        tally.fail(&Error::QueueFull);
+        tally.fail(&Error::QueueFull);
+        tally.fail(&Error::ProducerClosed);
+        tally.count(Ok(DeliveryReport {
+            batch_id: 1,
+            endpoint: "127.0.0.1:1".parse().unwrap(),
+            latency: std::time::Duration::from_millis(2),
+            retries: 0,
+            metadata: 0,
+        }));
+        assert_eq!((tally.acked, tally.failed), (1, 3));
+        assert_eq!(tally.errors.len(), 2);
+        assert_eq!(tally.errors[&10004].0, 2);
+        assert!((tally.latency_ms(0.5) - 2.0).abs() < 0.01);
+        assert!(DeliveryTally::new().latency_ms(0.99).abs() < f64::EPSILON);
+    }
+
+    #[test]
+    fn targets_are_validated_after_parsing() {
+        let args = |url: Option<&str>, endpoints: Option<Vec<&str>>| TargetArgs {
+            manager_url: url.map(str::to_owned),
+            endpoints: endpoints.map(|list| list.into_iter().map(str::to_owned).collect()),
+            group_id: "g".to_owned(),
+        };
+        assert!(args(None, None).target().unwrap().is_none());
+        assert!(args(Some("ftp://x"), None).target().is_err());
+        assert!(matches!(
+            args(Some("http://127.0.0.1:1/x"), None).target(),
+            Ok(Some(Target::Manager(_)))
+        ));
+        assert!(args(None, Some(vec!["nonsense"])).target().is_err());
+        assert!(args(None, Some(vec![""])).target().is_err());
+        let Ok(Some(Target::Endpoints(addrs))) =
+            args(None, Some(vec!["127.0.0.1:4000", "127.0.0.1:4001"])).target()
+        else {
+            panic!("two endpoints");
+        };
+        assert_eq!(addrs.len(), 2);
     }
 }

@@ -1,0 +1,338 @@
+//! `inlong-dataproxy bench` and `send` as a user runs them: the built binary, loopback only, every
+//! child process bounded by a deadline and killed when it passes.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use inlong_dataproxy::server::{Faults, LocalCluster, Topic};
+
+const BIN: &str = env!("CARGO_BIN_EXE_inlong-dataproxy");
+/// Bound on any one command (debug build, shared CI cores).
+const DEADLINE: Duration = Duration::from_secs(60);
+
+/// The documented `--json` keys, in order.
+const KEYS: [&str; 12] = [
+    "records",
+    "acked",
+    "failed",
+    "seconds",
+    "records_per_sec",
+    "mb_per_sec",
+    "cpu_us_per_record",
+    "p50_ms",
+    "p99_ms",
+    "p999_ms",
+    "max_rss_mb",
+    "transport",
+];
+
+/// What a finished command left behind.
+struct Output {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+/// Kills the child if the test fails half-way, so no process outlives its test.
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Reads a pipe to its end on a thread; the text arrives on the channel.
+fn collect(pipe: Option<impl Read + Send + 'static>) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    if let Some(mut pipe) = pipe {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = pipe.read_to_string(&mut text);
+            let _ = tx.send(text);
+        });
+    }
+    rx
+}
+
+/// Runs the binary with `args` and `stdin`, killing it after `deadline`.
+fn run_with(args: &[&str], stdin: &[u8], deadline: Duration) -> Output {
+    let mut child = Command::new(BIN)
+        .args(args)
+        // `send` keeps the Manager's node list in the user's cache directory: keep it in target/.
+        .env("XDG_CACHE_HOME", concat!(env!("CARGO_TARGET_TMPDIR"), "/cli-node-list-cache"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn the binary");
+    let mut input = child.stdin.take().unwrap();
+    let stdin = stdin.to_vec();
+    std::thread::spawn(move || {
+        let _ = input.write_all(&stdin);
+    });
+    let stdout = collect(child.stdout.take());
+    let stderr = collect(child.stderr.take());
+    let guard = Guard(child);
+    // The pipes close when the process exits (or is killed by the guard).
+    let Ok(stdout) = stdout.recv_timeout(deadline) else {
+        drop(guard);
+        panic!("{args:?} did not finish within {deadline:?}");
+    };
+    let stderr = stderr.recv_timeout(deadline).unwrap_or_default();
+    let mut guard = guard;
+    let status = guard.0.wait().expect("wait");
+    Output { status, stdout, stderr }
+}
+
+fn run(args: &[&str]) -> Output {
+    run_with(args, b"", DEADLINE)
+}
+
+/// Parses the single `--json` line and checks its keys and their order.
+fn json_summary(output: &Output) -> serde_json::Value {
+    let lines: Vec<&str> = output.stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "exactly one stdout line: {:?}", output.stdout);
+    let line = lines[0];
+    let value: serde_json::Value = serde_json::from_str(line).expect(line);
+    let object = value.as_object().expect("a JSON object");
+    assert_eq!(object.len(), KEYS.len(), "{line}");
+    let mut at = 0;
+    for key in KEYS {
+        let found = line[at..]
+            .find(&format!("\"{key}\":"))
+            .unwrap_or_else(|| panic!("{key} in order: {line}"));
+        at += found + 1;
+    }
+    value
+}
+
+fn assert_one_error_line(output: &Output) {
+    assert!(!output.status.success());
+    let lines: Vec<&str> = output.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one stderr line: {:?}", output.stderr);
+    assert!(lines[0].starts_with("error: "), "{:?}", output.stderr);
+}
+
+#[test]
+fn bench_against_the_embedded_server_prints_one_json_line() {
+    let output = run(&["bench", "--records", "20000", "--json"]);
+    assert!(output.status.success(), "{}", output.stderr);
+    let summary = json_summary(&output);
+    assert_eq!(summary["records"], 20_000);
+    assert_eq!(summary["acked"], 20_000);
+    assert_eq!(summary["failed"], 0);
+    assert!(summary["records_per_sec"].as_f64().unwrap() > 0.0);
+    assert!(summary["max_rss_mb"].as_f64().unwrap() > 0.0);
+    let transport = summary["transport"].as_str().unwrap();
+    assert!(transport == "io_uring" || transport == "epoll", "{transport}");
+}
+
+#[test]
+fn bench_uses_the_transport_asked_for() {
+    let output = run(&["bench", "--records", "5000", "--transport", "epoll", "--json"]);
+    assert!(output.status.success(), "{}", output.stderr);
+    let summary = json_summary(&output);
+    assert_eq!(summary["transport"], "epoll");
+    assert_eq!(summary["acked"], 5000);
+}
+
+#[test]
+fn bench_prints_a_table_by_default() {
+    let output = run(&["bench", "--records", "3000", "--streams", "3", "--size", "300"]);
+    assert!(output.status.success(), "{}", output.stderr);
+    for row in ["records", "acked", "records/s", "MB/s", "CPU µs/record", "latency p99", "max RSS"]
+    {
+        assert!(output.stdout.contains(row), "{row} in {}", output.stdout);
+    }
+    assert!(output.stdout.contains("producer alone"), "{}", output.stdout);
+    assert!(output.stdout.contains("server counted  3000 records"), "{}", output.stdout);
+}
+
+#[test]
+fn bench_runs_for_a_duration_at_a_rate() {
+    let output = run(&["bench", "--duration", "1", "--rate", "2000", "--json"]);
+    assert!(output.status.success(), "{}", output.stderr);
+    let summary = json_summary(&output);
+    let records = summary["records"].as_u64().unwrap();
+    // About 2000 records in one second; generous bounds for a loaded machine.
+    assert!((1000..=2100).contains(&records), "{records}");
+    assert_eq!(summary["acked"], records);
+}
+
+#[test]
+fn bench_against_an_external_serve_process() {
+    let mut child = Command::new(BIN)
+        .args(["serve"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn serve");
+    let stdout = child.stdout.take().unwrap();
+    let server = Guard(child);
+    let (tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let url = lines.recv_timeout(DEADLINE).expect("the Manager URL");
+
+    let output = run(&["bench", "--manager-url", &url, "--records", "5000", "--json"]);
+    assert!(output.status.success(), "{}", output.stderr);
+    assert_eq!(json_summary(&output)["acked"], 5000);
+
+    let status = Command::new("kill").arg("-INT").arg(server.0.id().to_string()).status();
+    assert!(status.expect("kill").success());
+    let totals: serde_json::Value =
+        serde_json::from_str(&lines.recv_timeout(DEADLINE).expect("the totals")).unwrap();
+    assert!(totals["records"].as_u64().unwrap() >= 5000, "{totals}");
+}
+
+#[test]
+fn bench_refuses_bad_flags() {
+    for args in [
+        &["bench", "--size", "0"][..],
+        &["bench", "--streams", "0"],
+        &["bench", "--transport", "kqueue"],
+        &["bench", "--records", "10", "--duration", "1"],
+        &["bench", "--manager-url", "http://127.0.0.1:1/x", "--sink", "count-only"],
+    ] {
+        let output = run(args);
+        assert!(!output.status.success(), "{args:?}");
+        assert!(output.stdout.is_empty(), "{args:?}: {}", output.stdout);
+    }
+    assert_one_error_line(&run(&["bench", "--endpoints", "no-port-here"]));
+    assert_one_error_line(&run(&["bench", "--manager-url", "localhost:8083"]));
+}
+
+#[test]
+fn bench_fails_fast_with_one_line_when_the_manager_is_unreachable() {
+    let started = std::time::Instant::now();
+    let output =
+        run_with(&["bench", "--manager-url", "http://127.0.0.1:1/x"], b"", Duration::from_secs(20));
+    assert!(started.elapsed() < Duration::from_secs(20));
+    assert_one_error_line(&output);
+    assert!(output.stdout.is_empty(), "{}", output.stdout);
+}
+
+#[test]
+fn bench_serves_prometheus_metrics_while_it_runs() {
+    let mut child = Command::new(BIN)
+        .args(["bench", "--duration", "3", "--rate", "5000", "--json"])
+        .args(["--metrics-addr", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn bench");
+    let stderr = child.stderr.take().unwrap();
+    let stdout = collect(child.stdout.take());
+    let mut bench = Guard(child);
+    let (tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let line = lines.recv_timeout(DEADLINE).expect("the metrics address");
+    let url = line.strip_prefix("metrics at ").expect(&line);
+    let authority = url.strip_prefix("http://").and_then(|rest| rest.strip_suffix("/metrics"));
+    let authority = authority.expect(url);
+
+    // The address is announced once the producer's collectors exist.
+    let body = http_get(authority, "/metrics");
+    assert!(body.contains("data_proxy_transport_info"), "{body}");
+    assert!(body.starts_with("HTTP/1.1 200 OK\r\n"), "{body}");
+    assert!(body.contains(r#"name="dataproxy-rust""#), "{body}");
+    assert!(http_get(authority, "/other").starts_with("HTTP/1.1 404 "));
+
+    let stdout = stdout.recv_timeout(DEADLINE).expect("bench finishes");
+    assert!(bench.0.wait().unwrap().success());
+    let summary: serde_json::Value = serde_json::from_str(stdout.trim_end()).expect(&stdout);
+    assert_eq!(summary["failed"], 0);
+}
+
+fn http_get(authority: &str, path: &str) -> String {
+    let mut stream = std::net::TcpStream::connect(authority).expect("connect to the metrics");
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {authority}\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+}
+
+#[test]
+fn bench_refuses_bad_or_busy_metrics_addresses_with_one_line() {
+    assert_one_error_line(&run(&["bench", "--metrics-addr", "not an address"]));
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = busy.local_addr().unwrap().to_string();
+    let output = run(&["bench", "--records", "10", "--metrics-addr", &addr]);
+    assert_one_error_line(&output);
+    assert!(output.stderr.contains("cannot serve metrics"), "{}", output.stderr);
+}
+
+#[test]
+fn send_reads_lines_from_stdin() {
+    let cluster = LocalCluster::start(1).expect("local cluster");
+    let addr = cluster.node_addrs()[0].to_string();
+    let output = run_with(
+        &["send", "--stream-id", "s", "--endpoints", &addr],
+        b"first\nsecond\r\n\nthird",
+        DEADLINE,
+    );
+    assert!(output.status.success(), "{}", output.stderr);
+    assert_eq!(output.stderr.trim_end(), "sent 3, acked 3, failed 0, skipped 1");
+    assert_eq!(cluster.stats().records, 3);
+    assert_eq!(cluster.stream_counts().get("s"), Some(&3));
+}
+
+#[test]
+fn send_reads_files_and_refuses_missing_ones_with_one_line() {
+    let cluster = LocalCluster::start(1).expect("local cluster");
+    let url = cluster.manager_url();
+    let path = std::env::temp_dir().join(format!("inlong-send-{}.txt", std::process::id()));
+    std::fs::write(&path, "a\nb\n").unwrap();
+    let file = path.to_string_lossy().into_owned();
+    let output = run(&["send", "--stream-id", "s", "--manager-url", &url, &file, &file]);
+    let _ = std::fs::remove_file(&path);
+    assert!(output.status.success(), "{}", output.stderr);
+    assert_eq!(output.stderr.trim_end(), "sent 4, acked 4, failed 0, skipped 0");
+    assert_eq!(cluster.stats().records, 4);
+
+    let output = run(&["send", "--stream-id", "s", "--manager-url", &url, "/nonexistent/in.txt"]);
+    assert_one_error_line(&output);
+    assert!(output.stderr.contains("/nonexistent/in.txt"), "{}", output.stderr);
+    assert_one_error_line(&run(&["send", "--stream-id", "a b", "--manager-url", &url]));
+}
+
+#[test]
+fn send_needs_a_target() {
+    let output = run(&["send", "--stream-id", "s"]);
+    assert!(!output.status.success());
+    assert!(output.stderr.contains("--manager-url"), "{}", output.stderr);
+}
+
+#[test]
+fn send_reports_failures_with_their_code_and_exits_non_zero() {
+    // Only another group's topic exists: the node refuses every batch with errCode 115, which
+    // is not retried.
+    let cluster = LocalCluster::start(1).expect("local cluster");
+    let only_other = Topic { group_id: "other_group".to_owned(), stream_id: None };
+    cluster.node(0).set_faults(Faults { topics: Some(vec![only_other]), ..Faults::default() });
+    let addr = cluster.node_addrs()[0].to_string();
+    let output = run_with(&["send", "--stream-id", "s", "--endpoints", &addr], b"x\ny\n", DEADLINE);
+    assert!(!output.status.success(), "{}", output.stderr);
+    let mut lines = output.stderr.lines();
+    assert_eq!(lines.next(), Some("sent 2, acked 0, failed 2, skipped 0"), "{}", output.stderr);
+    let error = lines.next().unwrap_or_default();
+    assert!(error.starts_with("failed 2 record(s) with error 10011, first: "), "{}", output.stderr);
+    assert!(error.contains("errCode 115"), "{error}");
+    assert_eq!(lines.next(), None, "each distinct error once: {}", output.stderr);
+}
