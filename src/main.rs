@@ -1,7 +1,9 @@
 //! The `inlong-dataproxy` command line.
 //!
-//! `serve` runs the local DataProxy nodes + Manager from [`inlong_dataproxy::server`]. Every
-//! failure is one line on stderr and a non-zero exit status; nothing panics on bad input.
+//! `bench` (the main job) measures the producer against the embedded local DataProxy + Manager or
+//! a real cluster; `send` sends lines from files or stdin; `serve` runs the local DataProxy nodes +
+//! Manager from [`inlong_dataproxy::server`]. Every failure is one line on stderr and a non-zero
+//! exit status; nothing panics on bad input.
 
 mod cli;
 

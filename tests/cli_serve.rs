@@ -168,3 +168,24 @@ fn serve_refuses_bad_flags_and_busy_ports_with_one_line() {
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
+
+#[test]
+fn serve_exposes_its_counters_on_the_metrics_address() {
+    let port = free_port();
+    let (mut server, rx) = serve(&["--metrics-addr", &format!("127.0.0.1:{port}")]);
+    let url = rx.recv_timeout(TIMEOUT).expect("first line");
+    let json = post(&url, "test_group");
+    let node = &json["data"]["nodeList"][0];
+    let addr = format!("{}:{}", node["ip"].as_str().unwrap(), node["port"]);
+    send_one_batch(&addr, 3);
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    write!(stream, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    let expected = format!("local_dataproxy_records_total{{node=\"{addr}\"}} 3");
+    assert!(response.contains(&expected), "{response}");
+    signal(&server, "TERM");
+    assert!(server.0.wait().unwrap().success());
+}

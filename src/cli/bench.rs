@@ -15,8 +15,7 @@
 //! `--metrics-addr` serves the producer's Prometheus metrics (the process-wide registry) over
 //! plain HTTP while the run lasts, so dashboards can be checked against the numbers printed here.
 
-use std::io::{IsTerminal, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -26,7 +25,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use inlong_dataproxy::server::{IngestMode, LocalCluster, NodeConfig};
 use inlong_dataproxy::{MetricsRegistry, Producer, Record, StreamId, Transport};
 
-use super::{resolve_addr, DeliveryRing, DeliveryTally, Target, TargetArgs};
+use super::{resolve_addr, serve_metrics, DeliveryRing, DeliveryTally, Target, TargetArgs};
 
 /// Futures kept by the application before it waits for the oldest.
 const RING_CAPACITY: usize = 65_536;
@@ -139,7 +138,11 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode, String> {
     let target = args.target.target()?;
     let registry = MetricsRegistry::default_registry();
     let metrics_addr = match &args.metrics_addr {
-        Some(addr) => Some(serve_metrics(resolve_addr(addr, "--metrics-addr")?, registry.clone())?),
+        Some(addr) => {
+            let registry = registry.clone();
+            let addr = resolve_addr(addr, "--metrics-addr")?;
+            Some(serve_metrics(addr, move || registry.encode_text())?)
+        }
         None => None,
     };
 
@@ -367,55 +370,6 @@ fn report_progress(
         ));
     }
     bar.finish_and_clear();
-}
-
-/// `--metrics-addr`: the registry in Prometheus text format at `http://ADDR/metrics`, answered
-/// one scrape at a time by a plain thread that lives as long as the process. Binding happens here,
-/// so a busy or bad address fails before the run starts. Returns the address bound.
-fn serve_metrics(addr: SocketAddr, registry: MetricsRegistry) -> Result<SocketAddr, String> {
-    let cannot = |e: std::io::Error| format!("cannot serve metrics on --metrics-addr {addr}: {e}");
-    let listener = TcpListener::bind(addr).map_err(cannot)?;
-    let bound = listener.local_addr().map_err(cannot)?;
-    std::thread::Builder::new()
-        .name("bench-metrics".to_owned())
-        .spawn(move || {
-            for stream in listener.incoming().flatten() {
-                // A scraper that misbehaves only loses its own answer.
-                let _ = answer_scrape(stream, &registry);
-            }
-        })
-        .map_err(cannot)?;
-    Ok(bound)
-}
-
-/// Reads one HTTP request head (bounded in size and time) and answers `GET /metrics`.
-fn answer_scrape(mut stream: TcpStream, registry: &MetricsRegistry) -> std::io::Result<()> {
-    const MAX_HEAD: usize = 8192;
-    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
-    stream.set_write_timeout(Some(Duration::from_secs(2)))?;
-    let mut head = Vec::new();
-    let mut chunk = [0u8; 1024];
-    while head.len() < MAX_HEAD && !head.windows(4).any(|window| window == b"\r\n\r\n") {
-        let read = stream.read(&mut chunk)?;
-        if read == 0 {
-            break;
-        }
-        head.extend_from_slice(&chunk[..read]);
-    }
-    let target = head.split(|byte| *byte == b' ').nth(1).unwrap_or_default();
-    let path = target.split(|byte| *byte == b'?').next().unwrap_or_default();
-    let (status, body) = if head.starts_with(b"GET ") && path == b"/metrics" {
-        ("200 OK", registry.encode_text())
-    } else {
-        ("404 Not Found", "GET /metrics\n".to_owned())
-    };
-    write!(
-        stream,
-        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )?;
-    stream.flush()
 }
 
 /// CPU seconds of the whole process and of the in-process server's threads.

@@ -237,6 +237,63 @@ fn resolve(mut future: DeliveryFuture) -> Result<DeliveryReport, Error> {
     future.wait()
 }
 
+/// `--metrics-addr`: the registry in Prometheus text format at `http://ADDR/metrics`, answered
+/// one scrape at a time by a plain thread that lives as long as the process. Binding happens here,
+/// so a busy or bad address fails before the run starts. Returns the address bound.
+pub fn serve_metrics(
+    addr: SocketAddr,
+    render: impl Fn() -> String + Send + 'static,
+) -> Result<SocketAddr, String> {
+    let cannot = |e: std::io::Error| format!("cannot serve metrics on --metrics-addr {addr}: {e}");
+    let listener = std::net::TcpListener::bind(addr).map_err(cannot)?;
+    let bound = listener.local_addr().map_err(cannot)?;
+    std::thread::Builder::new()
+        .name("cli-metrics".to_owned())
+        .spawn(move || {
+            for stream in listener.incoming().flatten() {
+                // A scraper that misbehaves only loses its own answer.
+                let _ = answer_scrape(stream, &render);
+            }
+        })
+        .map_err(cannot)?;
+    Ok(bound)
+}
+
+/// Reads one HTTP request head (bounded in size and time) and answers `GET /metrics`.
+fn answer_scrape(
+    mut stream: std::net::TcpStream,
+    render: &dyn Fn() -> String,
+) -> std::io::Result<()> {
+    use std::io::{Read, Write};
+    use std::time::Duration;
+    const MAX_HEAD: usize = 8192;
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    stream.set_write_timeout(Some(Duration::from_secs(2)))?;
+    let mut head = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while head.len() < MAX_HEAD && !head.windows(4).any(|window| window == b"\r\n\r\n") {
+        let read = stream.read(&mut chunk)?;
+        if read == 0 {
+            break;
+        }
+        head.extend_from_slice(&chunk[..read]);
+    }
+    let target = head.split(|byte| *byte == b' ').nth(1).unwrap_or_default();
+    let path = target.split(|byte| *byte == b'?').next().unwrap_or_default();
+    let (status, body) = if head.starts_with(b"GET ") && path == b"/metrics" {
+        ("200 OK", render())
+    } else {
+        ("404 Not Found", "GET /metrics\n".to_owned())
+    };
+    write!(
+        stream,
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    stream.flush()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -44,6 +44,9 @@ pub struct SendArgs {
     /// Files to read, one record per line ("-" is stdin) [default: stdin].
     #[arg(value_name = "FILE")]
     files: Vec<PathBuf>,
+    /// Serve the producer's Prometheus metrics at http://HOST:PORT/metrics while sending.
+    #[arg(long, value_name = "HOST:PORT")]
+    metrics_addr: Option<String>,
 }
 
 /// One opened input.
@@ -67,6 +70,12 @@ pub fn run(args: &SendArgs) -> Result<ExitCode, String> {
         return Err("give --manager-url or --endpoints".to_owned());
     };
     let inputs = open_inputs(&args.files)?;
+    if let Some(addr) = &args.metrics_addr {
+        let registry = inlong_dataproxy::MetricsRegistry::default_registry();
+        let addr = super::resolve_addr(addr, "--metrics-addr")?;
+        let bound = super::serve_metrics(addr, move || registry.encode_text())?;
+        eprintln!("metrics at http://{bound}/metrics");
+    }
     let producer = target
         .apply(Producer::builder().group_id(args.target.group_id()))
         .build()

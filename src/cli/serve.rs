@@ -51,6 +51,9 @@ pub struct ServeArgs {
     /// The secret key for --secret-id.
     #[arg(long, requires = "secret_id")]
     secret_key: Option<String>,
+    /// Serve the nodes' counters (Prometheus text) at http://HOST:PORT/metrics.
+    #[arg(long, value_name = "HOST:PORT")]
+    metrics_addr: Option<String>,
 }
 
 /// Starts the cluster, prints the Manager URL, serves until a signal, prints the totals.
@@ -83,6 +86,12 @@ pub fn run(args: &ServeArgs) -> Result<ExitCode, String> {
         .start()
         .map_err(|e| format!("cannot start the local DataProxy + Manager: {e}"))?;
 
+    if let Some(addr) = &args.metrics_addr {
+        let addr = super::resolve_addr(addr, "--metrics-addr")?;
+        let nodes = cluster.nodes();
+        let bound = super::serve_metrics(addr, move || render_node_metrics(&nodes))?;
+        eprintln!("metrics at http://{bound}/metrics");
+    }
     let mut stdout = std::io::stdout().lock();
     writeln!(stdout, "{}", cluster.manager_url()).map_err(|e| e.to_string())?;
     stdout.flush().map_err(|e| e.to_string())?;
@@ -97,6 +106,30 @@ pub fn run(args: &ServeArgs) -> Result<ExitCode, String> {
     stdout.flush().map_err(|e| e.to_string())?;
     cluster.shutdown();
     Ok(ExitCode::SUCCESS)
+}
+
+/// Every node's counters as Prometheus counters, labelled by node address.
+fn render_node_metrics(nodes: &[inlong_dataproxy::server::DataProxyNode]) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    type Series = (&'static str, &'static str, fn(&NodeStats) -> u64);
+    let series: [Series; 6] = [
+        ("local_dataproxy_batches_total", "batches accepted", |s| s.batches),
+        ("local_dataproxy_records_total", "records accepted", |s| s.records),
+        ("local_dataproxy_payload_bytes_total", "payload bytes accepted", |s| s.payload_bytes),
+        ("local_dataproxy_errors_total", "batches answered with an error code", |s| s.errors),
+        ("local_dataproxy_duplicates_total", "batches whose mid was seen before", |s| s.duplicates),
+        ("local_dataproxy_connections_total", "connections accepted", |s| s.connections),
+    ];
+    let stats: Vec<(String, NodeStats)> =
+        nodes.iter().map(|node| (node.addr().to_string(), node.stats())).collect();
+    for (name, help, value) in series {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        for (node, stats) in &stats {
+            let _ = writeln!(out, "{name}{{node=\"{node}\"}} {}", value(stats));
+        }
+    }
+    out
 }
 
 /// The final line: `{"batches":..,"records":..,"payload_bytes":..,"errors":..,"duplicates":..}`.
