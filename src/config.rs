@@ -137,6 +137,9 @@ pub struct ProducerConfig {
     pub add_columns: Vec<(String, String)>,
     /// `MaxConnLifetime`: reconnect connections older than this (off).
     pub max_conn_lifetime: Option<Duration>,
+    /// Replace each connection after a random 30–80 s, as the Go SDK's periodic switch does
+    /// (true); behind a load balancer this spreads the load over its backends.
+    pub conn_rotation: bool,
     /// Frame size limit, `4 + totalLen` (524288, the shipped server configuration); the
     /// Manager's `maxPacketLength` overrides it.
     pub max_packet_length: usize,
@@ -190,6 +193,7 @@ impl Default for ProducerConfig {
             block_if_queue_full: false,
             add_columns: Vec::new(),
             max_conn_lifetime: None,
+            conn_rotation: true,
             max_packet_length: DEFAULT_MAX_PACKET_LEN,
             compression: true,
             heartbeat_interval: Duration::from_secs(60),

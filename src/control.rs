@@ -190,12 +190,23 @@ impl ControlThread {
         mut current: Vec<SocketAddr>,
         mut tell_shards: impl FnMut(Vec<SocketAddr>) + Send + 'static,
         on_lookup: impl Fn(&'static str) + Send + 'static,
+        refresh_now: Arc<tokio::sync::Notify>,
     ) {
+        /// Stranded shards may ask often; the Manager is asked at most this often on their behalf.
+        const MIN_GAP: Duration = Duration::from_secs(1);
         self.handle.spawn(async move {
             let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut last = tokio::time::Instant::now();
             loop {
-                ticker.tick().await;
+                tokio::select! {
+                    _ = ticker.tick() => {}
+                    () = refresh_now.notified() => {
+                        tokio::time::sleep_until(last + MIN_GAP).await;
+                        tracing::info!("every node is failing for a shard; refreshing the node list now");
+                    }
+                }
+                last = tokio::time::Instant::now();
                 let list = match discovery.client.lookup().await {
                     Ok(list) => list,
                     Err(error) => {

@@ -166,6 +166,8 @@ impl ProducerBuilder {
         max_packet_length: usize,
         /// Snappy compression of bodies over 256 bytes.
         compression: bool,
+        /// Replace connections every 30–80 s (random per connection).
+        conn_rotation: bool,
         /// Heartbeat interval on idle connections.
         heartbeat_interval: Duration,
         /// Heartbeat reply deadline.
@@ -308,6 +310,7 @@ impl Producer {
         let mut shards = Vec::with_capacity(config.shards);
         let mut threads = Vec::with_capacity(config.shards);
         let mut counters = Vec::with_capacity(config.shards);
+        let refresh_now = Arc::new(tokio::sync::Notify::new());
         for index in 0..config.shards {
             let shared = Arc::new(ShardShared::new(BatchAccumulator::new(limits)));
             let settings = ShardSettings {
@@ -335,6 +338,8 @@ impl Producer {
                 socket_recv_buffer_size: config.socket_recv_buffer_size,
                 read_buffer_size: config.read_buffer_size,
                 max_conn_lifetime: config.max_conn_lifetime,
+                conn_rotation: config.conn_rotation,
+                refresh_now: endpoints.discovery.as_ref().map(|_| refresh_now.clone()),
                 driver,
                 core: (config.shards <= cores.len()).then(|| cores[index]),
                 metrics: metrics.shard(index),
@@ -358,6 +363,7 @@ impl Producer {
                     }
                 },
                 move |result| lookups.discovery_lookup(result),
+                refresh_now,
             );
         }
         let inner = Inner {

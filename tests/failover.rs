@@ -263,3 +263,37 @@ fn null_node_lists_and_business_failures_are_handled() {
     let error = builder(&cluster).build().unwrap_err();
     assert!(error.to_string().contains("group not found by groupId=test_group"), "{error}");
 }
+
+#[test]
+fn connections_are_replaced_by_lifetime_without_loss() {
+    let cluster = cluster(1);
+    let producer =
+        Arc::new(builder(&cluster).max_conn_lifetime(Duration::from_millis(300)).build().unwrap());
+    let load = Load::start(&producer);
+    let first = cluster.stats().connections;
+    wait_for("several connection replacements", Duration::from_secs(15), || {
+        cluster.stats().connections >= first + 6
+    });
+    let (sent, acked, failed) = load.finish(&producer);
+    assert_eq!((acked, failed), (sent, 0), "drained replacements lose nothing");
+    assert_eq!(cluster.stats().duplicates, 0, "and resend nothing");
+}
+
+#[test]
+fn when_every_node_fails_the_list_is_refreshed_at_once() {
+    let cluster = cluster(1);
+    // No periodic refresh within the test: only the "all failing" signal can find the new node.
+    let producer =
+        Arc::new(builder(&cluster).update_interval(Duration::from_secs(600)).build().unwrap());
+    let load = Load::start(&producer);
+    wait_for("traffic", Duration::from_secs(10), || records(&cluster.node(0)) > 100);
+    let replacement = cluster.add_node().unwrap();
+    cluster.remove_node(cluster.node(0).addr());
+    cluster.node(0).stop();
+    let took = wait_for("traffic on the replacement", Duration::from_secs(10), || {
+        records(&replacement) > 100
+    });
+    eprintln!("replacement used {took:?} after the only node died");
+    let (sent, acked, failed) = load.finish(&producer);
+    assert_eq!((acked, failed), (sent, 0), "records waited for the new node instead of failing");
+}

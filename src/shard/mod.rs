@@ -47,6 +47,11 @@ pub struct ShardSettings {
     pub read_buffer_size: usize,
     /// Replace connections older than this.
     pub max_conn_lifetime: Option<Duration>,
+    /// Replace each connection after a random 30–80 s.
+    pub conn_rotation: bool,
+    /// Told when this shard has no connection left and a connect just failed: the control thread
+    /// then asks the Manager at once instead of at the next `update_interval`.
+    pub refresh_now: Option<Arc<tokio::sync::Notify>>,
     /// The I/O driver, probed once for the whole producer.
     pub driver: Driver,
     /// The core to pin the thread to.
@@ -109,6 +114,9 @@ struct Shell {
     plan: EndpointPlan,
     /// Which slot each connection serves; drained connections serve none.
     slot_of: HashMap<ConnId, usize>,
+    /// When each serving connection is replaced (rotation or `max_conn_lifetime`), and why.
+    retire_at: HashMap<ConnId, (Instant, &'static str)>,
+    rng: u64,
     lost: Rc<RefCell<Vec<Lost>>>,
     connected: Rc<RefCell<Vec<Connected>>>,
     next_conn: ConnId,
@@ -125,6 +133,8 @@ async fn run(settings: ShardSettings, shared: Arc<ShardShared>, budget: Arc<Pend
         conns: HashMap::new(),
         plan,
         slot_of: HashMap::new(),
+        retire_at: HashMap::new(),
+        rng: 0x9E37_79B9_7F4A_7C15 ^ settings_seed(),
         lost: Rc::default(),
         connected: Rc::default(),
         next_conn: 1,
@@ -198,9 +208,8 @@ impl Shell {
             .into_iter()
             .flatten()
             .min();
-            if self.settings.max_conn_lifetime.is_some() {
-                let check = now + Duration::from_secs(1);
-                wake_at = Some(wake_at.map_or(check, |at| at.min(check)));
+            if let Some(retire) = self.retire_at.values().map(|(at, _)| *at).min() {
+                wake_at = Some(wake_at.map_or(retire, |at| at.min(retire)));
             }
             transport::wait(&self.shared, wake_at).await;
         }
@@ -246,6 +255,7 @@ impl Shell {
                     self.settings.metrics.connections_delta(1);
                     self.conns.insert(id, tasks);
                     self.slot_of.insert(id, slot);
+                    self.schedule_retirement(id, now);
                     self.plan.connected(slot, endpoint);
                     if slot == 0 {
                         self.engine.borrow_mut().prefer(id);
@@ -258,6 +268,7 @@ impl Shell {
                     if matches!(wanted, Some((_, SlotState::Connecting))) {
                         self.plan.failed(slot, now);
                     }
+                    self.ask_refresh_if_stranded();
                 }
             }
         }
@@ -265,22 +276,51 @@ impl Shell {
         for Lost { conn, reason } in lost {
             self.drop_conn(now, conn, &reason);
         }
+        let due: Vec<(ConnId, &'static str)> = self
+            .retire_at
+            .iter()
+            .filter(|(_, (at, _))| *at <= now)
+            .map(|(conn, (_, reason))| (*conn, *reason))
+            .collect();
+        for (conn, reason) in due {
+            self.drain(conn, reason, now);
+        }
+    }
+
+    /// Every node is failing for this shard: maybe the list is stale, ask the Manager now.
+    fn ask_refresh_if_stranded(&self) {
+        let stranded = self.plan.slots().iter().all(|slot| slot.state != SlotState::Up);
+        if let (true, Some(refresh)) = (stranded, &self.settings.refresh_now) {
+            refresh.notify_one();
+        }
+    }
+
+    /// Picks when a new connection is replaced: a random 30–80 s (rotation) or
+    /// `max_conn_lifetime`, whichever comes first.
+    fn schedule_retirement(&mut self, conn: ConnId, now: Instant) {
+        let mut retire: Option<(Instant, &'static str)> = None;
+        if self.settings.conn_rotation {
+            self.rng ^= self.rng << 13;
+            self.rng ^= self.rng >> 7;
+            self.rng ^= self.rng << 17;
+            let after = Duration::from_millis(30_000 + self.rng % 50_000);
+            retire = Some((now + after, "periodic rotation"));
+        }
         if let Some(lifetime) = self.settings.max_conn_lifetime {
-            let old: Vec<ConnId> = self
-                .conns
-                .values()
-                .filter(|c| c.opened_at + lifetime <= now && self.slot_of.contains_key(&c.id))
-                .map(|c| c.id)
-                .collect();
-            for conn in old {
-                self.drain(conn, "max_conn_lifetime reached", now);
+            let at = now + lifetime;
+            if retire.is_none_or(|(other, _)| at < other) {
+                retire = Some((at, "max_conn_lifetime reached"));
             }
+        }
+        if let Some(retire) = retire {
+            self.retire_at.insert(conn, retire);
         }
     }
 
     /// Stops giving `conn` new batches; it closes once its replies are in, and its slot
     /// reconnects (to the best node) at once.
     fn drain(&mut self, conn: ConnId, reason: &'static str, now: Instant) {
+        self.retire_at.remove(&conn);
         self.engine.borrow_mut().drain_conn(conn, reason);
         if let Some(slot) = self.slot_of.remove(&conn) {
             self.plan.released(slot, now);
@@ -298,9 +338,11 @@ impl Shell {
             self.settings.metrics.error_event(code);
         }
         self.engine.borrow_mut().conn_lost(now, conn, reason);
+        self.retire_at.remove(&conn);
         if let Some(slot) = self.slot_of.remove(&conn) {
             // A connection that broke (not one we drained): quarantine its node.
             self.plan.failed(slot, now);
+            self.ask_refresh_if_stranded();
         }
     }
 
@@ -315,6 +357,7 @@ impl Shell {
         for slot in misplaced {
             let conn = self.slot_of.iter().find(|(_, s)| **s == slot).map(|(c, _)| *c);
             if let Some(conn) = conn {
+                self.retire_at.remove(&conn);
                 tracing::info!(
                     shard = self.settings.index,
                     conn,
@@ -399,6 +442,12 @@ fn reason_codes(reason: &str) -> (u32, Option<u32>) {
     } else {
         (codes::OK, None)
     }
+}
+
+/// A seed that differs between shards and runs.
+fn settings_seed() -> u64 {
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    u64::from(nanos) ^ u64::from(std::process::id()).rotate_left(32)
 }
 
 fn unix_ms() -> u64 {

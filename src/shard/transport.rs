@@ -109,7 +109,6 @@ struct WriteSlot {
 pub(super) struct ConnTasks {
     pub id: ConnId,
     pub endpoint: SocketAddr,
-    pub opened_at: Instant,
     slot: Rc<WriteSlot>,
     socket: std::net::TcpStream,
     reader: Option<JoinHandle<()>>,
@@ -206,15 +205,7 @@ pub(super) async fn connect(
         ));
         let writer =
             compio::runtime::spawn(write_loop(id, write_half, slot.clone(), engine, shared, lost));
-        Ok(ConnTasks {
-            id,
-            endpoint,
-            opened_at: Instant::now(),
-            slot,
-            socket,
-            reader: Some(reader),
-            writer: Some(writer),
-        })
+        Ok(ConnTasks { id, endpoint, slot, socket, reader: Some(reader), writer: Some(writer) })
     }
 }
 
