@@ -297,3 +297,26 @@ fn when_every_node_fails_the_list_is_refreshed_at_once() {
     let (sent, acked, failed) = load.finish(&producer);
     assert_eq!((acked, failed), (sent, 0), "records waited for the new node instead of failing");
 }
+
+#[test]
+fn nodes_going_offline_are_not_hammered_with_reconnects() {
+    let cluster = cluster(2);
+    let producer = Arc::new(builder(&cluster).build().unwrap());
+    let load = Load::start(&producer);
+    wait_for("traffic", Duration::from_secs(10), || cluster.stats().records > 100);
+    let before = cluster.stats().connections;
+    // Every node is being taken offline: each answers SERVICE_CLOSED (code 2).
+    for node in cluster.nodes() {
+        node.update_faults(|f| f.reject = true);
+    }
+    std::thread::sleep(Duration::from_secs(3)); // a fixed observation window, not a wait for an event
+    let reconnects = cluster.stats().connections - before;
+    eprintln!("{reconnects} connections in 3 s with every node refusing");
+    // 2 shards x 2 slots backing off 0.1 s doubling to 5 s: a few dozen, not hundreds.
+    assert!(reconnects <= 60, "{reconnects} connections in 3 s");
+    for node in cluster.nodes() {
+        node.update_faults(|f| f.reject = false);
+    }
+    let (sent, acked, failed) = load.finish(&producer);
+    assert_eq!(sent, acked + failed);
+}

@@ -16,6 +16,10 @@ const QUARANTINE_FIRST: Duration = Duration::from_secs(10);
 const QUARANTINE_MAX: Duration = Duration::from_secs(60);
 /// Pause before reconnecting to the same node right after it failed.
 const RECONNECT_PAUSE: Duration = Duration::from_millis(100);
+/// The longest pause of a slot whose connections keep failing (every node down or refusing).
+const RECONNECT_PAUSE_MAX: Duration = Duration::from_secs(5);
+/// Failures further apart than this do not add up.
+const STREAK_WINDOW: Duration = Duration::from_secs(30);
 
 /// What a slot is doing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,6 +42,14 @@ pub struct Slot {
     pub endpoint: SocketAddr,
     /// How it is doing.
     pub state: SlotState,
+    /// Failures in a row (each within [`STREAK_WINDOW`] of the previous), and the last one.
+    streak: (u32, Option<Instant>),
+}
+
+impl Slot {
+    fn down(endpoint: SocketAddr, retry_at: Instant) -> Slot {
+        Slot { endpoint, state: SlotState::Down { retry_at }, streak: (0, None) }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -69,7 +81,7 @@ impl EndpointPlan {
         let wanted = plan.endpoints.len().min(2);
         for k in 0..wanted {
             let endpoint = plan.best_for(k, now);
-            plan.slots.push(Slot { endpoint, state: SlotState::Down { retry_at: now } });
+            plan.slots.push(Slot::down(endpoint, now));
         }
         plan
     }
@@ -159,17 +171,34 @@ impl EndpointPlan {
     pub fn failed(&mut self, k: usize, now: Instant) {
         let Some(slot) = self.slots.get(k) else { return };
         let endpoint = slot.endpoint;
+        let streak = match slot.streak {
+            (count, Some(last)) if now.saturating_duration_since(last) < STREAK_WINDOW => count + 1,
+            _ => 1,
+        };
         self.quarantine(endpoint, now);
         let next = self.best_for(k, now);
-        let retry_at = if next == endpoint { now + RECONNECT_PAUSE } else { now };
-        self.slots[k] = Slot { endpoint: next, state: SlotState::Down { retry_at } };
+        // The first failure moves on at once; a slot that keeps failing (every node down or
+        // refusing) backs off, so clients do not hammer nodes that are going away.
+        let pause = if streak >= 2 {
+            RECONNECT_PAUSE.saturating_mul(1 << (streak - 1).min(6)).min(RECONNECT_PAUSE_MAX)
+        } else if next == endpoint {
+            RECONNECT_PAUSE
+        } else {
+            Duration::ZERO
+        };
+        self.slots[k] = Slot {
+            endpoint: next,
+            state: SlotState::Down { retry_at: now + pause },
+            streak: (streak, Some(now)),
+        };
     }
 
     /// Slot `k`'s connection ended without fault (drained, lifetime): reconnect to the best node.
     pub fn released(&mut self, k: usize, now: Instant) {
         if k < self.slots.len() {
             let endpoint = self.best_for(k, now);
-            self.slots[k] = Slot { endpoint, state: SlotState::Down { retry_at: now } };
+            let streak = self.slots[k].streak;
+            self.slots[k] = Slot { endpoint, state: SlotState::Down { retry_at: now }, streak };
         }
     }
 
@@ -201,7 +230,7 @@ impl EndpointPlan {
         while self.slots.len() < wanted {
             let k = self.slots.len();
             let endpoint = self.best_for(k, now);
-            self.slots.push(Slot { endpoint, state: SlotState::Down { retry_at: now } });
+            self.slots.push(Slot::down(endpoint, now));
         }
         // Surplus slots (the list shrank to one node) are retired by `rebalance`.
     }
@@ -238,13 +267,11 @@ impl EndpointPlan {
     /// Points a slot that is down at the best node now (a quarantine may have ended).
     pub fn refresh_down_slots(&mut self, now: Instant) {
         for k in 0..self.slots.len() {
-            if let SlotState::Down { retry_at } = self.slots[k].state {
+            if let SlotState::Down { .. } = self.slots[k].state {
+                // Only the target changes: a slot backing off keeps its pause.
                 let best = self.best_for(k, now);
                 if best != self.slots[k].endpoint {
-                    self.slots[k] = Slot {
-                        endpoint: best,
-                        state: SlotState::Down { retry_at: retry_at.min(now) },
-                    };
+                    self.slots[k].endpoint = best;
                 }
             }
         }
@@ -336,6 +363,17 @@ mod tests {
         plan.failed(0, t0);
         assert_eq!(plan.slots()[0].endpoint, addr(1));
         assert_eq!(plan.slots()[0].state, SlotState::Down { retry_at: t0 + RECONNECT_PAUSE });
+        // A slot that keeps failing backs off, up to the cap.
+        let mut pauses = Vec::new();
+        for _ in 0..8 {
+            plan.due_connects(t0 + Duration::from_secs(60));
+            plan.failed(0, t0);
+            if let SlotState::Down { retry_at } = plan.slots()[0].state {
+                pauses.push(retry_at - t0);
+            }
+        }
+        assert!(pauses.windows(2).all(|w| w[0] <= w[1]), "{pauses:?}");
+        assert_eq!(*pauses.last().unwrap(), RECONNECT_PAUSE_MAX);
         assert!(!plan.quarantined(addr(1), t0));
     }
 
