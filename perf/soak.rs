@@ -165,6 +165,13 @@ fn main() {
         rss_growth * 100.0,
         flushed.is_ok()
     );
+    // How every record ended, by Go code (from the producer's metrics).
+    let metrics = inlong_dataproxy::MetricsRegistry::default_registry().encode_text();
+    for line in metrics.lines().filter(|l| {
+        l.starts_with("data_proxy_msg_count") || l.starts_with("data_proxy_error_count")
+    }) {
+        println!("{line}");
+    }
     let mut ok = true;
     if flushed.is_err() || stats.records_acked + stats.records_failed != sent {
         eprintln!("FAIL: deliveries stuck or lost");

@@ -32,6 +32,8 @@ pub type ConnId = u64;
 
 /// Server codes that mean "not accepted, safe to send again" (`PROTOCOL.md` §3.9).
 const RETRYABLE_SERVER_CODES: [i32; 4] = [1, 2, 3, 114];
+/// Buffers (frames and write buffers) a shard keeps for reuse.
+const SPARE_BUFFERS: usize = 32;
 /// `SERVICE_CLOSED`: the node is going offline; stop using the connection.
 const SERVICE_CLOSED: i32 = 2;
 
@@ -514,9 +516,11 @@ impl ShardEngine {
         self.recycle(bytes);
     }
 
+    /// Keeps a buffer for reuse. Only a few, and only frame-sized ones: a write buffer that grew
+    /// during a backlog is freed, so memory after a burst goes back to its steady size.
     fn recycle(&mut self, mut buffer: Vec<u8>) {
-        if self.spare_buffers.len() < 64
-            && buffer.capacity() <= 4 * self.config.max_frame_len.max(1 << 20)
+        if self.spare_buffers.len() < SPARE_BUFFERS
+            && buffer.capacity() <= 2 * self.config.max_frame_len.max(64 << 10)
         {
             buffer.clear();
             self.spare_buffers.push(buffer);
