@@ -14,32 +14,11 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughpu
 use inlong_dataproxy::protocol::{
     decode_reply, split_frame, AddColumns, BatchBody, BatchHeader, FrameEncoder,
 };
+use inlong_dataproxy::server::workload::log_line;
 
 /// 4096 distinct log-like lines of `size` bytes.
 fn payloads(size: usize) -> Vec<Vec<u8>> {
-    (0..4096u64)
-        .map(|i| {
-            let mut line = format!(
-                "2026-11-25T10:{:02}:{:02}.{:03}Z INFO gateway-{} req={:016x} path=/api/v{}/items/{} status={} ms={} ",
-                (i / 60_000) % 60,
-                (i / 1000) % 60,
-                i % 1000,
-                i % 17,
-                i.wrapping_mul(0x9E37_79B9_7F4A_7C15),
-                i % 3,
-                i % 10_007,
-                [200, 200, 201, 404, 500][(i % 5) as usize],
-                (i * 7) % 250
-            )
-            .into_bytes();
-            while line.len() < size {
-                let extra = format!("k{}={:x} ", line.len(), i.wrapping_mul(line.len() as u64 + 1));
-                line.extend_from_slice(extra.as_bytes());
-            }
-            line.truncate(size);
-            line
-        })
-        .collect()
+    (0..4096u64).map(|i| log_line(i, size).to_vec()).collect()
 }
 
 const HEADER: BatchHeader<'static> = BatchHeader {

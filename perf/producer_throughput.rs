@@ -13,6 +13,7 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use inlong_dataproxy::server::workload::log_line;
 use inlong_dataproxy::server::{IngestMode, LocalCluster, NodeConfig};
 use inlong_dataproxy::{Producer, Record, StreamId, Transport};
 
@@ -51,29 +52,6 @@ fn parse_args() -> Result<Options, String> {
         }
     }
     Ok(o)
-}
-
-/// A log-like record of `size` bytes whose digits change from record to record.
-fn record(i: u64, size: usize) -> Bytes {
-    let mut line = format!(
-        "2026-11-25T10:{:02}:{:02}.{:03}Z INFO gateway-{} req={:016x} path=/api/v{}/items/{} status={} ms={} ",
-        (i / 60_000) % 60,
-        (i / 1000) % 60,
-        i % 1000,
-        i % 17,
-        i.wrapping_mul(0x9E37_79B9_7F4A_7C15),
-        i % 3,
-        i % 10_007,
-        [200, 200, 201, 404, 500][(i % 5) as usize],
-        (i * 7) % 250
-    )
-    .into_bytes();
-    while line.len() < size {
-        let extra = format!("k{}={:x} ", line.len(), i.wrapping_mul(line.len() as u64 + 1));
-        line.extend_from_slice(extra.as_bytes());
-    }
-    line.truncate(size);
-    Bytes::from(line)
 }
 
 /// CPU seconds of this process, and of its threads whose name starts with `prefix`.
@@ -130,7 +108,7 @@ fn main() {
         .compression(o.compress)
         .build()
         .expect("producer");
-    let payloads: Vec<Bytes> = (0..4096).map(|i| record(i, o.size)).collect();
+    let payloads: Vec<Bytes> = (0..4096).map(|i| log_line(i, o.size)).collect();
     let streams: Vec<StreamId> =
         (0..o.streams).map(|i| StreamId::from(format!("stream-{i}"))).collect();
 

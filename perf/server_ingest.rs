@@ -26,6 +26,7 @@ use inlong_dataproxy::protocol::{
     decode_reply, split_frame, AddColumns, BatchBody, BatchHeader, FrameEncoder, Reply,
     MAX_REPLY_FRAME_LEN,
 };
+use inlong_dataproxy::server::workload::log_line;
 use inlong_dataproxy::server::{IngestMode, LocalCluster, NodeConfig};
 
 struct Options {
@@ -65,25 +66,6 @@ fn parse_args() -> Result<Options, String> {
     Ok(options)
 }
 
-/// A log-like record of `size` bytes whose digits change from record to record.
-fn record(i: u64, size: usize) -> Vec<u8> {
-    let mut line = format!(
-        "2026-11-25T10:{:02}:{:02}.{:03}Z INFO gateway-{} req={:016x} path=/api/v{}/items/{} status={} ms={}",
-        (i / 60_000) % 60,
-        (i / 1000) % 60,
-        i % 1000,
-        i % 17,
-        i.wrapping_mul(0x9E37_79B9_7F4A_7C15),
-        i % 3,
-        i % 10_007,
-        [200, 200, 201, 404, 500][(i % 5) as usize],
-        (i * 7) % 250
-    )
-    .into_bytes();
-    line.resize(size, b' ');
-    line
-}
-
 fn main() {
     let options = match parse_args() {
         Ok(options) => options,
@@ -101,7 +83,7 @@ fn main() {
     for b in 0..batches {
         body.clear();
         for r in 0..options.batch as u64 {
-            body.push(&record(b * options.batch as u64 + r, options.size)).unwrap();
+            body.push(&log_line(b * options.batch as u64 + r, options.size)).unwrap();
         }
         let mid = b.to_string();
         let header = BatchHeader {

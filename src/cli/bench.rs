@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use inlong_dataproxy::server::workload::log_line;
 use inlong_dataproxy::server::{IngestMode, LocalCluster, NodeConfig};
 use inlong_dataproxy::{MetricsRegistry, Producer, Record, StreamId, Transport};
 
@@ -418,31 +419,6 @@ fn max_rss_mb() -> f64 {
         .find_map(|line| line.strip_prefix("VmHWM:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         .map_or(0.0, |kb| kb / 1024.0)
-}
-
-/// A log-like line of exactly `size` bytes whose fields change from record to record, so that
-/// compression and the server see realistic, varied input.
-fn log_line(i: u64, size: usize) -> Bytes {
-    const STATUS: [u16; 5] = [200, 200, 201, 404, 500];
-    let status = STATUS[usize::try_from(i % 5).unwrap_or(0)];
-    let mut line = format!(
-        "2026-11-25T10:{:02}:{:02}.{:03}Z INFO gateway-{} req={:016x} path=/api/v{}/items/{} status={status} ms={} ",
-        (i / 60_000) % 60,
-        (i / 1000) % 60,
-        i % 1000,
-        i % 17,
-        i.wrapping_mul(0x9E37_79B9_7F4A_7C15),
-        i % 3,
-        i % 10_007,
-        (i * 7) % 250
-    )
-    .into_bytes();
-    while line.len() < size {
-        let key = line.len() as u64;
-        line.extend_from_slice(format!("k{key}={:x} ", i.wrapping_mul(key + 1)).as_bytes());
-    }
-    line.truncate(size);
-    Bytes::from(line)
 }
 
 fn round(value: f64, decimals: i32) -> f64 {

@@ -15,6 +15,7 @@ pub mod codec;
 pub mod dataproxy;
 mod http;
 pub mod manager;
+pub mod workload;
 
 pub use cluster::{LocalCluster, LocalClusterBuilder};
 pub use codec::IngestMode;
