@@ -5,18 +5,31 @@
 //! cargo run --release --example soak -- [--minutes 10] [--rate 1500000] [--size 100]
 //! ```
 //!
-//! Two local DataProxy nodes run in-process. Every 5 s one fault is drawn: a node killed for 2 s
-//! then restarted, 20 batches answered with code 114, acks delayed by 200 ms for 2 s, the
-//! connections of a node dropped, or nothing. RSS and the in-flight table are sampled every 10 s.
-//! At the end: every record sent is acked or failed (none stuck), the server saw at least every
-//! acked record, RSS after the first minute stayed within 5 %, and the in-flight table did not grow.
-//! The exit status is non-zero when a check fails.
+//! The two local DataProxy nodes run in a separate process, `inlong-dataproxy serve --nodes 2
+//! --count-only --control` (built first with `cargo build --bin inlong-dataproxy`, same profile as
+//! this example), so the RSS checked here is the producer's alone. Every 5 s one fault is drawn
+//! and sent to that process as a `--control` command: a node stopped for 2 s then restarted, 20
+//! batches answered with code 114, acks delayed by 200 ms for 2 s, the connections of a node
+//! dropped, or nothing. The producer's RSS, the server's RSS and the in-flight table are sampled
+//! every 10 s. At the end: every record sent is acked or failed (none stuck), the server saw at
+//! least every acked record, the producer's RSS after the first minute stayed within 5 %, the
+//! in-flight table did not grow, and the server took every fault command. The exit status is
+//! non-zero when a check fails.
+//!
+//! The server reads its commands from this process's stdin pipe, so it shuts down when this
+//! process ends on any path (the pipe closes); dropping [`ServerProcess`] also kills it.
 
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use inlong_dataproxy::server::{ErrorInjection, IngestMode, LocalCluster, NodeConfig};
 use inlong_dataproxy::{Producer, Record, StreamId};
+
+/// How long the server may take to answer a command or to start.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn arg(name: &str, default: f64) -> f64 {
     let args: Vec<String> = std::env::args().collect();
@@ -27,8 +40,9 @@ fn arg(name: &str, default: f64) -> f64 {
         .unwrap_or(default)
 }
 
-fn rss_mb() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+/// `VmRSS` of `/proc/<pid>/status` in MB (`pid` = "self" for this process); 0 when unreadable.
+fn rss_mb(pid: &str) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
         .lines()
         .find_map(|line| line.strip_prefix("VmRSS:"))
@@ -36,29 +50,159 @@ fn rss_mb() -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
-#[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss)]
+/// Builds `inlong-dataproxy` with this example's profile and returns its path, which is next to
+/// the example's directory (`target/<profile>/inlong-dataproxy`).
+fn build_server() -> Result<PathBuf, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("cannot locate this example: {e}"))?;
+    let profile_dir = exe
+        .parent()
+        .and_then(std::path::Path::parent)
+        .ok_or_else(|| format!("{} is not in target/<profile>/examples", exe.display()))?;
+    let server = profile_dir.join("inlong-dataproxy");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut build = Command::new(&cargo);
+    build.args(["build", "--quiet", "--bin", "inlong-dataproxy", "--manifest-path"]);
+    build.arg(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"));
+    if !cfg!(debug_assertions) {
+        build.arg("--release");
+    }
+    let how = "build it with `cargo build --release --bin inlong-dataproxy`";
+    match build.status() {
+        Ok(status) if status.success() => {}
+        Ok(status) => return Err(format!("building the server failed ({status}); {how}")),
+        Err(e) if server.exists() => {
+            eprintln!("cannot run {cargo:?} ({e}); using the existing {}", server.display());
+        }
+        Err(e) => return Err(format!("cannot run {cargo:?} ({e}); {how}")),
+    }
+    if !server.exists() {
+        return Err(format!("{} is missing; {how}", server.display()));
+    }
+    Ok(server)
+}
+
+/// The `serve --control` child: commands go to its stdin, answers come from its stdout.
+struct ServerProcess {
+    child: Child,
+    /// `None` once closed: the end of stdin tells the server to print its totals and exit.
+    stdin: Option<ChildStdin>,
+    /// stdout lines, read on a thread so every wait has a deadline.
+    lines: mpsc::Receiver<String>,
+    manager_url: String,
+}
+
+impl ServerProcess {
+    fn start() -> Result<ServerProcess, String> {
+        let path = build_server()?;
+        let mut child = Command::new(&path)
+            .args(["serve", "--nodes", "2", "--count-only", "--control"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", path.display()))?;
+        let stdin = child.stdin.take();
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut server = ServerProcess { child, stdin, lines, manager_url: String::new() };
+        server.manager_url = server.next_line("the Manager URL")?;
+        Ok(server)
+    }
+
+    fn next_line(&self, what: &str) -> Result<String, String> {
+        self.lines.recv_timeout(ANSWER_TIMEOUT).map_err(|e| match e {
+            mpsc::RecvTimeoutError::Timeout => format!("the server did not send {what} in time"),
+            mpsc::RecvTimeoutError::Disconnected => {
+                format!("the server exited before sending {what}")
+            }
+        })
+    }
+
+    /// Sends one command line; `Ok` with the answer line unless it was an `error:`.
+    fn command(&mut self, line: &str) -> Result<String, String> {
+        let stdin = self.stdin.as_mut().ok_or("the server's stdin is closed")?;
+        writeln!(stdin, "{line}")
+            .and_then(|()| stdin.flush())
+            .map_err(|e| format!("cannot send {line:?}: {e}"))?;
+        let answer = self.next_line(&format!("an answer to {line:?}"))?;
+        match answer.strip_prefix("error: ") {
+            Some(why) => Err(format!("{line:?}: {why}")),
+            None => Ok(answer),
+        }
+    }
+
+    fn rss_mb(&self) -> f64 {
+        rss_mb(&self.child.id().to_string())
+    }
+
+    /// Closes stdin and returns the totals line the server prints before it exits.
+    fn shut_down(&mut self) -> Result<serde_json::Value, String> {
+        drop(self.stdin.take());
+        let totals = self.next_line("its totals")?;
+        let status = self.child.wait().map_err(|e| e.to_string())?;
+        if !status.success() {
+            return Err(format!("the server exited with {status}"));
+        }
+        serde_json::from_str(&totals).map_err(|e| format!("bad totals {totals:?}: {e}"))
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        // Already exited after `shut_down`; otherwise this is an early return or a panic.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Min and max of the samples taken after the first minute (the warm-up); zeros when none was.
+fn steady_range(samples: &[Sample], value: impl Fn(&Sample) -> f64) -> (f64, f64) {
+    let steady: Vec<f64> = samples.iter().filter(|s| s.at_secs >= 60.0).map(value).collect();
+    if steady.is_empty() {
+        return (0.0, 0.0);
+    }
+    steady.iter().fold((f64::MAX, 0.0f64), |(lo, hi), v| (lo.min(*v), hi.max(*v)))
+}
+
+struct Sample {
+    at_secs: f64,
+    producer_rss_mb: f64,
+    server_rss_mb: f64,
+    inflight_batches: u64,
+}
+
 fn main() {
+    match run() {
+        Ok(passed) => std::process::exit(i32::from(!passed)),
+        Err(error) => {
+            eprintln!("soak: {error}");
+            std::process::exit(2);
+        }
+    }
+}
+
+#[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss)]
+#[allow(clippy::too_many_lines)]
+fn run() -> Result<bool, String> {
     let minutes = arg("--minutes", 10.0);
     let rate = arg("--rate", 1_500_000.0) as u64;
     let size = arg("--size", 100.0) as usize;
-    let cluster = LocalCluster::builder()
-        .nodes(2)
-        .threads(1)
-        .node_config(NodeConfig {
-            ingest_mode: IngestMode::CountOnly,
-            dedup_window: 0,
-            ..NodeConfig::default()
-        })
-        .start()
-        .expect("local cluster");
+    let mut server = ServerProcess::start()?;
     let producer = Producer::builder()
         .group_id("test_group")
-        .manager_url(cluster.manager_url())
+        .manager_url(server.manager_url.clone())
         .node_list_cache(false)
         .shards(2)
         .send_timeout(Duration::from_secs(5))
         .build()
-        .expect("producer");
+        .map_err(|e| format!("producer: {e}"))?;
     let payloads: Vec<Bytes> = (0..4096)
         .map(|i: u64| {
             let mut line =
@@ -73,12 +217,20 @@ fn main() {
     let started = Instant::now();
     let end = started + Duration::from_secs_f64(minutes * 60.0);
     let mut next_fault = started + Duration::from_secs(5);
-    let mut undo: Option<(Instant, Box<dyn FnOnce()>)> = None;
+    // The command that ends the fault in force, and when to send it.
+    let mut undo: Option<(Instant, String)> = None;
     let mut next_sample = started + Duration::from_secs(10);
-    let mut samples: Vec<(f64, f64, u64)> = Vec::new();
+    let mut samples: Vec<Sample> = Vec::new();
     let mut rng: u64 = 0x2545_f491_4f6c_dd1d;
     let mut sent: u64 = 0;
     let mut faults = 0;
+    let mut refused_commands = 0;
+    let mut control = |server: &mut ServerProcess, line: &str| {
+        if let Err(why) = server.command(line) {
+            eprintln!("the server refused a fault command: {why}");
+            refused_commands += 1;
+        }
+    };
     while Instant::now() < end {
         // Pace: send what is due by now, in chunks.
         let due = (started.elapsed().as_secs_f64() * rate as f64) as u64;
@@ -89,17 +241,14 @@ fn main() {
                 payloads[i % payloads.len()].clone(),
             );
             if producer.send_blocking(record, Duration::from_secs(30)).is_err() {
-                eprintln!("send_blocking gave up: the producer is stuck");
-                std::process::exit(1);
+                return Err("send_blocking gave up: the producer is stuck".to_owned());
             }
             sent += 1;
         }
         let now = Instant::now();
-        if let Some((at, _)) = &undo {
-            if *at <= now {
-                if let Some((_, revert)) = undo.take() {
-                    revert();
-                }
+        if undo.as_ref().is_some_and(|(at, _)| *at <= now) {
+            if let Some((_, revert)) = undo.take() {
+                control(&mut server, &revert);
             }
         }
         if now >= next_fault && undo.is_none() {
@@ -107,66 +256,67 @@ fn main() {
             rng ^= rng << 13;
             rng ^= rng >> 7;
             rng ^= rng << 17;
-            let node = cluster.node((rng % 2) as usize);
+            let node = rng % 2;
             faults += 1;
+            let two_seconds = now + Duration::from_secs(2);
             match (rng >> 8) % 5 {
                 0 => {
-                    node.stop();
-                    undo = Some((
-                        now + Duration::from_secs(2),
-                        Box::new(move || drop(node.restart())),
-                    ));
+                    control(&mut server, &format!("stop {node}"));
+                    undo = Some((two_seconds, format!("restart {node}")));
                 }
-                1 => node.update_faults(|f| {
-                    f.errors = Some(ErrorInjection::Next { code: 114, count: 20 })
-                }),
+                1 => control(&mut server, &format!("errors {node} next 114 20")),
                 2 => {
-                    node.update_faults(|f| f.ack_delay = Duration::from_millis(200));
-                    undo = Some((
-                        now + Duration::from_secs(2),
-                        Box::new(move || node.update_faults(|f| f.ack_delay = Duration::ZERO)),
-                    ));
+                    control(&mut server, &format!("ack-delay {node} 200"));
+                    undo = Some((two_seconds, format!("ack-delay {node} 0")));
                 }
-                3 => node.kill_connections(),
+                3 => control(&mut server, &format!("kill-connections {node}")),
                 _ => faults -= 1,
             }
         }
         if now >= next_sample {
             next_sample = now + Duration::from_secs(10);
             let stats = producer.stats();
-            samples.push((started.elapsed().as_secs_f64(), rss_mb(), stats.inflight_batches));
+            let sample = Sample {
+                at_secs: started.elapsed().as_secs_f64(),
+                producer_rss_mb: rss_mb("self"),
+                server_rss_mb: server.rss_mb(),
+                inflight_batches: stats.inflight_batches,
+            };
             eprintln!(
-                "t={:>4.0}s sent={sent} acked={} failed={} in_flight_batches={} rss_mb={:.1} faults={faults}",
-                started.elapsed().as_secs_f64(),
+                "t={:>4.0}s sent={sent} acked={} failed={} in_flight_batches={} rss_mb={:.1} server_rss_mb={:.1} faults={faults}",
+                sample.at_secs,
                 stats.records_acked,
                 stats.records_failed,
                 stats.inflight_batches,
-                rss_mb()
+                sample.producer_rss_mb,
+                sample.server_rss_mb,
             );
+            samples.push(sample);
         }
         std::thread::sleep(Duration::from_millis(1));
     }
     if let Some((_, revert)) = undo.take() {
-        revert();
+        control(&mut server, &revert);
     }
     let flushed = producer.flush_blocking(Duration::from_secs(60));
     let stats = producer.stats();
-    let server = cluster.stats().records;
-    let steady: Vec<&(f64, f64, u64)> = samples.iter().filter(|(t, _, _)| *t >= 60.0).collect();
-    let (low, high) = steady
-        .iter()
-        .fold((f64::MAX, 0.0f64), |(lo, hi), (_, rss, _)| (lo.min(*rss), hi.max(*rss)));
-    let rss_growth = if steady.is_empty() { 0.0 } else { (high - low) / low };
-    let max_inflight = samples.iter().map(|(_, _, n)| *n).max().unwrap_or(0);
+    // How every record ended, by Go code (from the producer's metrics).
+    let metrics = inlong_dataproxy::MetricsRegistry::default_registry().encode_text();
+    producer.close_blocking(Duration::from_secs(10)).ok();
+    let totals = server.shut_down()?;
+    let server_records = totals["records"].as_u64().ok_or("no records in the server's totals")?;
+
+    let (low, high) = steady_range(&samples, |s| s.producer_rss_mb);
+    let rss_growth = if low > 0.0 { (high - low) / low } else { 0.0 };
+    let (server_low, server_high) = steady_range(&samples, |s| s.server_rss_mb);
+    let max_inflight = samples.iter().map(|s| s.inflight_batches).max().unwrap_or(0);
     println!(
-        "soak minutes={minutes} rate={rate} sent={sent} acked={} failed={} server_records={server} faults={faults} rss_mb_min={low:.1} rss_mb_max={high:.1} rss_spread={:.1}% max_inflight_batches={max_inflight} flushed={}",
+        "soak minutes={minutes} rate={rate} sent={sent} acked={} failed={} server_records={server_records} faults={faults} rss_mb_min={low:.1} rss_mb_max={high:.1} rss_spread={:.1}% server_rss_mb_min={server_low:.1} server_rss_mb_max={server_high:.1} max_inflight_batches={max_inflight} flushed={}",
         stats.records_acked,
         stats.records_failed,
         rss_growth * 100.0,
         flushed.is_ok()
     );
-    // How every record ended, by Go code (from the producer's metrics).
-    let metrics = inlong_dataproxy::MetricsRegistry::default_registry().encode_text();
     for line in metrics.lines().filter(|l| {
         l.starts_with("data_proxy_msg_count") || l.starts_with("data_proxy_error_count")
     }) {
@@ -177,14 +327,17 @@ fn main() {
         eprintln!("FAIL: deliveries stuck or lost");
         ok = false;
     }
-    if server < stats.records_acked {
+    if server_records < stats.records_acked {
         eprintln!("FAIL: the server saw fewer records than were acked");
         ok = false;
     }
     if rss_growth > 0.05 {
-        eprintln!("FAIL: RSS spread {:.1}% after the first minute", rss_growth * 100.0);
+        eprintln!("FAIL: producer RSS spread {:.1}% after the first minute", rss_growth * 100.0);
         ok = false;
     }
-    producer.close_blocking(Duration::from_secs(10)).ok();
-    std::process::exit(i32::from(!ok));
+    if refused_commands > 0 {
+        eprintln!("FAIL: the server refused {refused_commands} fault command(s)");
+        ok = false;
+    }
+    Ok(ok)
 }

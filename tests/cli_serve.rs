@@ -1,11 +1,13 @@
 //! `inlong-dataproxy serve` as a user runs it: the Manager URL on the first line of stdout, the
-//! nodes it lists really answer, and SIGINT/SIGTERM print one JSON line of totals and exit 0.
+//! nodes it lists really answer, SIGINT/SIGTERM print one JSON line of totals and exit 0, and with
+//! `--control` the fault commands on stdin act on the nodes, each answered by one line, and the
+//! end of stdin shuts the server down like SIGTERM.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use inlong_dataproxy::protocol::{
     decode_reply, split_frame, AddColumns, BatchBody, BatchHeader, FrameEncoder, Reply,
@@ -66,7 +68,16 @@ fn post(url: &str, group: &str) -> serde_json::Value {
     serde_json::from_str(body).unwrap()
 }
 
+/// Sends one batch on a new connection and checks that it was accepted.
 fn send_one_batch(addr: &str, records: usize) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let code = send_batch_on(&mut stream, records);
+    assert_eq!(code, 0, "errCode {code}");
+}
+
+/// Sends one batch on `stream` and returns the reply's `errCode`.
+fn send_batch_on(stream: &mut TcpStream, records: usize) -> i32 {
     let mut body = BatchBody::new();
     for i in 0..records {
         body.push(format!("record {i}").as_bytes()).unwrap();
@@ -77,8 +88,6 @@ fn send_one_batch(addr: &str, records: usize) {
     FrameEncoder::new()
         .encode(&header, &body, &AddColumns::default(), usize::MAX, &mut frame)
         .unwrap();
-    let mut stream = TcpStream::connect(addr).unwrap();
-    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
     stream.write_all(&frame).unwrap();
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
@@ -91,7 +100,7 @@ fn send_one_batch(addr: &str, records: usize) {
         buf.extend_from_slice(&chunk[..n]);
     };
     match decode_reply(&buf[..len]).unwrap() {
-        Reply::Batch(reply) => assert!(reply.is_success(), "errCode {}", reply.err_code),
+        Reply::Batch(reply) => reply.err_code,
         Reply::Heartbeat => panic!("heartbeat"),
     }
 }
@@ -187,5 +196,112 @@ fn serve_exposes_its_counters_on_the_metrics_address() {
     let expected = format!("local_dataproxy_records_total{{node=\"{addr}\"}} 3");
     assert!(response.contains(&expected), "{response}");
     signal(&server, "TERM");
+    assert!(server.0.wait().unwrap().success());
+}
+
+/// `serve --control`: the server, its stdin for commands, and its stdout lines.
+fn serve_with_control(args: &[&str]) -> (Server, ChildStdin, mpsc::Receiver<String>) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_inlong-dataproxy"))
+        .args(["serve", "--control"])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn serve");
+    let stdin = child.stdin.take().unwrap();
+    let rx = lines(&mut child);
+    (Server(child), stdin, rx)
+}
+
+/// Sends one command line and returns its answer line.
+fn command(stdin: &mut ChildStdin, rx: &mpsc::Receiver<String>, line: &str) -> String {
+    writeln!(stdin, "{line}").unwrap();
+    stdin.flush().unwrap();
+    rx.recv_timeout(TIMEOUT).unwrap_or_else(|e| panic!("no answer to {line:?}: {e}"))
+}
+
+fn node_addrs(url: &str) -> Vec<String> {
+    let json = post(url, "test_group");
+    let nodes = json["data"]["nodeList"].as_array().expect("node list");
+    nodes.iter().map(|node| format!("{}:{}", node["ip"].as_str().unwrap(), node["port"])).collect()
+}
+
+#[test]
+fn serve_control_applies_faults_answers_every_line_and_stops_at_the_end_of_stdin() {
+    let (mut server, mut stdin, rx) = serve_with_control(&["--nodes", "2"]);
+    let url = rx.recv_timeout(TIMEOUT).expect("first line");
+    let nodes = node_addrs(&url);
+    assert_eq!(nodes.len(), 2);
+
+    let stats: serde_json::Value =
+        serde_json::from_str(&command(&mut stdin, &rx, "stats")).unwrap();
+    assert_eq!(stats["records"], 0);
+    assert_eq!(stats["connections"], 0);
+
+    // A stopped node refuses connections; a restarted one serves again on the same port.
+    assert_eq!(command(&mut stdin, &rx, "stop 1"), "ok");
+    assert!(TcpStream::connect(&nodes[1]).is_err(), "node 1 still accepts after stop");
+    assert_eq!(command(&mut stdin, &rx, "restart 1"), "ok");
+    send_one_batch(&nodes[1], 3);
+
+    // Injected error codes, then the node behaves again.
+    let mut stream = TcpStream::connect(&nodes[0]).unwrap();
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    assert_eq!(command(&mut stdin, &rx, "errors 0 next 114 1"), "ok");
+    assert_eq!(send_batch_on(&mut stream, 2), 114);
+    assert_eq!(send_batch_on(&mut stream, 2), 0);
+
+    // Slow acks: the reply waits at least the delay.
+    assert_eq!(command(&mut stdin, &rx, "ack-delay 0 300"), "ok");
+    let sent = Instant::now();
+    assert_eq!(send_batch_on(&mut stream, 2), 0);
+    assert!(sent.elapsed() >= Duration::from_millis(300), "{:?}", sent.elapsed());
+    assert_eq!(command(&mut stdin, &rx, "ack-delay 0 0"), "ok");
+
+    // Dropped connections: the open one is closed by the node, which keeps listening.
+    assert_eq!(command(&mut stdin, &rx, "kill-connections 0"), "ok");
+    let mut byte = [0u8; 1];
+    match stream.read(&mut byte) {
+        Ok(0) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => panic!("the connection stayed open: {other:?}"),
+    }
+    assert_eq!(command(&mut stdin, &rx, "silent 0 on"), "ok");
+    assert_eq!(command(&mut stdin, &rx, "silent 0 off"), "ok");
+    assert_eq!(command(&mut stdin, &rx, "errors 0 off"), "ok");
+    send_one_batch(&nodes[0], 1);
+
+    // Bad lines get one `error:` line each and change nothing.
+    for bad in ["reboot 0", "stop 2", "errors 0 next 114", "silent 0 maybe", "", "stop one"] {
+        let answer = command(&mut stdin, &rx, bad);
+        assert!(answer.starts_with("error: "), "{bad:?} -> {answer}");
+    }
+    let stats: serde_json::Value =
+        serde_json::from_str(&command(&mut stdin, &rx, "stats")).unwrap();
+    assert_eq!(stats["records"], 3 + 2 + 2 + 1, "{stats}");
+    assert_eq!(stats["errors"], 1, "{stats}");
+
+    // The end of stdin: the totals line, stdout closes, exit 0.
+    drop(stdin);
+    let summary = rx.recv_timeout(TIMEOUT).expect("summary line");
+    let totals: serde_json::Value = serde_json::from_str(&summary).unwrap();
+    assert_eq!(totals["records"], 8, "{summary}");
+    assert_eq!(totals.as_object().unwrap().len(), 5, "the documented keys only: {summary}");
+    assert_eq!(rx.recv_timeout(TIMEOUT), Err(mpsc::RecvTimeoutError::Disconnected));
+    assert!(server.0.wait().unwrap().success());
+}
+
+#[test]
+fn serve_control_still_stops_on_sigterm_with_the_totals_last() {
+    let (mut server, mut stdin, rx) = serve_with_control(&[]);
+    rx.recv_timeout(TIMEOUT).expect("first line");
+    assert_eq!(command(&mut stdin, &rx, "kill-connections 0"), "ok");
+    signal(&server, "TERM");
+    let summary = rx.recv_timeout(TIMEOUT).expect("summary line");
+    assert!(summary.starts_with(r#"{"batches":0,"#), "{summary}");
+    // Commands after the totals are neither applied nor answered.
+    let _ = writeln!(stdin, "stats");
+    assert_eq!(rx.recv_timeout(TIMEOUT), Err(mpsc::RecvTimeoutError::Disconnected));
     assert!(server.0.wait().unwrap().success());
 }
