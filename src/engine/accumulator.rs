@@ -10,6 +10,7 @@
 //! Pure code: the caller passes `now`.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -60,6 +61,31 @@ impl BatchLimits {
     }
 }
 
+/// A multiply-rotate hash (as rustc's `FxHasher`) for the open-batch map: SipHash cost ~4 % of
+/// the send path at 100 B records. Stream IDs come from the application, not the network, so
+/// hash flooding is not a concern here.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct StreamHasher(u64);
+
+impl Hasher for StreamHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        const K: u64 = 0x517c_c1b7_2722_0a95;
+        let mut chunks = bytes.chunks_exact(8);
+        for chunk in &mut chunks {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(chunk);
+            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(word)).wrapping_mul(K);
+        }
+        for &byte in chunks.remainder() {
+            self.0 = (self.0.rotate_left(5) ^ u64::from(byte)).wrapping_mul(K);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
 /// A batch being filled.
 struct OpenBatch {
     body: BatchBody,
@@ -106,9 +132,11 @@ pub struct Appended {
 /// See the module docs.
 pub struct BatchAccumulator {
     limits: BatchLimits,
-    open: HashMap<StreamId, OpenBatch>,
+    open: HashMap<StreamId, OpenBatch, BuildHasherDefault<StreamHasher>>,
     sealed: Vec<SealedBatch>,
     spare_bodies: Vec<BatchBody>,
+    /// Length of the last body sealed: the capacity new bodies start with.
+    last_body_len: usize,
     closed: bool,
     appended: u64,
 }
@@ -127,9 +155,10 @@ impl BatchAccumulator {
     pub fn new(limits: BatchLimits) -> BatchAccumulator {
         BatchAccumulator {
             limits,
-            open: HashMap::new(),
+            open: HashMap::default(),
             sealed: Vec::new(),
             spare_bodies: Vec::new(),
+            last_body_len: 0,
             closed: false,
             appended: 0,
         }
@@ -146,59 +175,86 @@ impl BatchAccumulator {
         payload: &[u8],
         callback: &mut Option<(u64, Callback)>,
     ) -> Result<Appended, Error> {
+        self.append_with(|| now, stream_id, payload, callback)
+    }
+
+    /// [`BatchAccumulator::append`] reading the clock only when a batch opens (its linger
+    /// deadline starts then): most records join an open batch and need no time at all.
+    pub fn append_with(
+        &mut self,
+        clock: impl FnOnce() -> Instant,
+        stream_id: &StreamId,
+        payload: &[u8],
+        callback: &mut Option<(u64, Callback)>,
+    ) -> Result<Appended, Error> {
         if self.closed {
             return Err(Error::ProducerClosed);
         }
         protocol::validate_payload(payload)?;
         let entry_len = 4 + payload.len() - usize::from(payload.ends_with(b"\n"));
-        let mut wake = false;
-        let fits = match self.open.get(stream_id.as_str()) {
-            Some(batch) => batch.body.len() + entry_len <= batch.max_body_len,
-            None => false,
-        };
-        if !fits {
-            // Sealed to make room; the new batch below wakes the shard anyway.
-            self.seal(stream_id.as_str());
-            protocol::validate_id(Field::StreamId, stream_id.as_str())?;
-            let max_body_len = self.limits.max_body_len(stream_id.as_str().len());
-            if entry_len > max_body_len {
-                let fixed =
-                    TEXT_FRAME_OVERHEAD + self.limits.attr_overhead + stream_id.as_str().len();
-                return Err(Error::TooLong {
-                    frame_len: fixed + entry_len,
-                    limit: self.limits.max_frame_len,
-                });
+        let stream = stream_id.as_str();
+        // The common case: one lookup, the record joins the stream's open batch.
+        if let Some(batch) = self.open.get_mut(stream) {
+            if batch.body.len() + entry_len <= batch.max_body_len {
+                let (completion, full) = Self::push(&self.limits, batch, payload, callback)?;
+                self.appended += 1;
+                let wake = full && self.seal(stream);
+                return Ok(Appended { completion, wake });
             }
-            let body = self.spare_bodies.pop().unwrap_or_default();
-            let batch = OpenBatch {
-                body,
-                completion: BatchCompletion::new(),
-                callbacks: Vec::new(),
-                opened_at: now,
-                max_body_len,
-            };
-            self.open.insert(stream_id.clone(), batch);
-            wake = true;
         }
-        let batch = self.open.get_mut(stream_id.as_str()).ok_or(Error::ProducerClosed)?;
+        // Sealed to make room; the new batch below wakes the shard anyway.
+        self.seal(stream);
+        protocol::validate_id(Field::StreamId, stream)?;
+        let max_body_len = self.limits.max_body_len(stream.len());
+        if entry_len > max_body_len {
+            let fixed = TEXT_FRAME_OVERHEAD + self.limits.attr_overhead + stream.len();
+            return Err(Error::TooLong {
+                frame_len: fixed + entry_len,
+                limit: self.limits.max_frame_len,
+            });
+        }
+        // A new body starts at the size of the last sealed one, so it does not grow by doubling
+        // record after record (realloc cost ~2 % of the send path at 100 B).
+        let body = match self.spare_bodies.pop() {
+            Some(body) => body,
+            None => BatchBody::with_capacity(self.last_body_len.min(max_body_len)),
+        };
+        let batch = self.open.entry(stream_id.clone()).or_insert(OpenBatch {
+            body,
+            completion: BatchCompletion::new(),
+            callbacks: Vec::new(),
+            opened_at: clock(),
+            max_body_len,
+        });
+        let (completion, full) = Self::push(&self.limits, batch, payload, callback)?;
+        self.appended += 1;
+        if full {
+            self.seal(stream);
+        }
+        Ok(Appended { completion, wake: true })
+    }
+
+    /// Adds the record to `batch`; returns its completion and whether the batch is now full.
+    fn push(
+        limits: &BatchLimits,
+        batch: &mut OpenBatch,
+        payload: &[u8],
+        callback: &mut Option<(u64, Callback)>,
+    ) -> Result<(Arc<BatchCompletion>, bool), Error> {
         batch.body.push(payload)?;
         if let Some((metadata, callback)) = callback.take() {
             batch.callbacks.push((batch.body.count() - 1, metadata, callback));
         }
-        let completion = batch.completion.clone();
-        self.appended += 1;
-        let full = batch.body.count() >= self.limits.max_messages
-            || batch.body.payload_bytes() >= self.limits.max_payload_bytes;
-        if full {
-            wake |= self.seal(stream_id.as_str());
-        }
-        Ok(Appended { completion, wake })
+        let full = batch.body.count() >= limits.max_messages
+            || batch.body.payload_bytes() >= limits.max_payload_bytes;
+        Ok((batch.completion.clone(), full))
     }
 
     /// Moves the open batch of `stream` to the sealed queue; true when the queue was empty.
     fn seal(&mut self, stream: &str) -> bool {
         let Some((stream_id, batch)) = self.open.remove_entry(stream) else { return false };
         let was_empty = self.sealed.is_empty();
+        self.last_body_len = batch.body.len();
         self.sealed.push(SealedBatch {
             stream_id,
             body: batch.body,

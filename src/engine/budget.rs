@@ -1,8 +1,8 @@
 //! [`PendingBudget`]: the producer-wide cap on records and payload bytes accepted but not yet
 //! resolved (`max_pending_messages`, `max_pending_bytes`).
 //!
-//! Callers take room per record with two uncontended atomic adds; shards give it back once per
-//! resolved batch. Waiting for room never blocks an executor: async senders register a waker,
+//! Callers take room per record with one atomic add (records and bytes share one word: the
+//! record count above bit 36, the bytes below); shards give it back once per resolved batch. Waiting for room never blocks an executor: async senders register a waker,
 //! blocking senders wait on a condition variable with a deadline. The same counters tell `flush`
 //! when everything has been resolved.
 
@@ -11,14 +11,27 @@ use std::sync::{Condvar, Mutex, MutexGuard};
 use std::task::Waker;
 use std::time::Instant;
 
+/// Bits of the admission word that count bytes; the record count sits above them.
+const BYTES_BITS: u32 = 36;
+const BYTES_MASK: u64 = (1 << BYTES_BITS) - 1;
+const ONE_RECORD: u64 = 1 << BYTES_BITS;
+/// The largest record cap (`max_pending_messages` is clamped to it): 2^27, with room above for
+/// the transient over-count of concurrent refused senders.
+pub const MAX_RECORDS: u64 = 1 << 27;
+/// The largest byte cap (`max_pending_bytes` is clamped to it) and record size: 32 GiB.
+pub const MAX_BYTES: u64 = 1 << 35;
+
 /// See the module docs.
 #[derive(Debug)]
 pub struct PendingBudget {
-    /// Records holding room (admission).
-    records: AtomicU64,
-    bytes: AtomicU64,
-    /// Records not yet fully resolved (callbacks run, futures woken): what `flush` waits for.
-    unresolved: AtomicU64,
+    /// Records (above [`BYTES_BITS`]) and payload bytes (below) holding room: admission.
+    admitted: AtomicU64,
+    /// Records given back by [`PendingBudget::release`] and not yet [`PendingBudget::settle`]d.
+    /// Admitted plus releasing is what `flush` waits for: records not fully resolved (callbacks
+    /// run, futures woken).
+    releasing: AtomicU64,
+    /// Registered wakers plus threads blocked in `wait_until`.
+    waiting: AtomicU64,
     max_records: u64,
     max_bytes: u64,
     waiters: Mutex<Waiters>,
@@ -28,19 +41,17 @@ pub struct PendingBudget {
 #[derive(Debug, Default)]
 struct Waiters {
     wakers: Vec<Waker>,
-    /// Bumped on every release, so blocking waiters can tell a release happened.
-    releases: u64,
 }
 
 impl PendingBudget {
     /// A budget of `max_records` records and `max_bytes` payload bytes.
     pub fn new(max_records: usize, max_bytes: usize) -> PendingBudget {
         PendingBudget {
-            records: AtomicU64::new(0),
-            bytes: AtomicU64::new(0),
-            unresolved: AtomicU64::new(0),
-            max_records: max_records as u64,
-            max_bytes: max_bytes as u64,
+            admitted: AtomicU64::new(0),
+            releasing: AtomicU64::new(0),
+            waiting: AtomicU64::new(0),
+            max_records: (max_records as u64).min(MAX_RECORDS),
+            max_bytes: (max_bytes as u64).min(MAX_BYTES),
             waiters: Mutex::new(Waiters::default()),
             changed: Condvar::new(),
         }
@@ -53,63 +64,69 @@ impl PendingBudget {
     /// Takes room for one record of `bytes` payload bytes; false (and nothing taken) when the
     /// budget is used up. A record larger than the whole byte budget is let through when nothing
     /// else is pending, so it can never wait forever.
+    ///
+    /// `bytes` must be at most [`MAX_BYTES`] (the producer refuses larger records first).
     pub fn try_acquire(&self, bytes: usize) -> bool {
-        let bytes = bytes as u64;
-        let records = self.records.fetch_add(1, Ordering::AcqRel);
-        let held = self.bytes.fetch_add(bytes, Ordering::AcqRel);
+        let bytes = (bytes as u64).min(MAX_BYTES);
+        let before = self.admitted.fetch_add(ONE_RECORD | bytes, Ordering::SeqCst);
+        let (records, held) = (before >> BYTES_BITS, before & BYTES_MASK);
         let over_records = records >= self.max_records;
         let over_bytes = held + bytes > self.max_bytes && held > 0;
         if over_records || over_bytes {
-            self.records.fetch_sub(1, Ordering::AcqRel);
-            self.bytes.fetch_sub(bytes, Ordering::AcqRel);
+            self.admitted.fetch_sub(ONE_RECORD | bytes, Ordering::SeqCst);
             return false;
         }
-        self.unresolved.fetch_add(1, Ordering::AcqRel);
         true
     }
 
     /// True when a record of `bytes` payload bytes would be refused now.
     pub fn is_full_for(&self, bytes: usize) -> bool {
-        let held = self.bytes.load(Ordering::Acquire);
-        self.records.load(Ordering::Acquire) >= self.max_records
+        let admitted = self.admitted.load(Ordering::SeqCst);
+        let held = admitted & BYTES_MASK;
+        admitted >> BYTES_BITS >= self.max_records
             || (held + bytes as u64 > self.max_bytes && held > 0)
     }
 
     /// Gives back room for `records` records and `bytes` bytes and wakes waiters. Called before
     /// the outcome is announced, so whoever learns of it can send again at once.
     pub fn release(&self, records: u64, bytes: u64) {
-        self.records.fetch_sub(records, Ordering::AcqRel);
-        self.bytes.fetch_sub(bytes, Ordering::AcqRel);
+        // Counted as releasing before leaving admission, so `pending_records` never misses them.
+        self.releasing.fetch_add(records, Ordering::SeqCst);
+        self.admitted.fetch_sub(records << BYTES_BITS | bytes.min(MAX_BYTES), Ordering::SeqCst);
         self.notify();
     }
 
     /// Marks `records` records resolved. Called after their callbacks ran, so `flush` returns
     /// only once every callback has run.
     pub fn settle(&self, records: u64) {
-        self.unresolved.fetch_sub(records, Ordering::AcqRel);
+        self.releasing.fetch_sub(records, Ordering::SeqCst);
         self.notify();
     }
 
     fn notify(&self) {
-        let wakers = {
-            let mut waiters = self.lock();
-            waiters.releases += 1;
-            std::mem::take(&mut waiters.wakers)
-        };
-        self.changed.notify_all();
-        for waker in wakers {
-            waker.wake();
+        // Nobody waits almost always: skip the lock and the futex wake (a system call per
+        // release, twice per batch, before this check). The fence pairs with the ones in
+        // `register` and `wait_until`: either the waiter's check sees this release, or this
+        // sees the waiter.
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if self.waiting.load(Ordering::Relaxed) == 0 {
+            return;
         }
+        self.wake_all();
     }
 
     /// Records accepted and not yet resolved.
     pub fn pending_records(&self) -> u64 {
-        self.unresolved.load(Ordering::Acquire)
+        // Admission first: a record released in between is then counted in `releasing` (it is
+        // added there before it leaves admission), so nothing unresolved is ever missed; at
+        // worst a record is counted twice for an instant, which only delays a waiter.
+        let admitted = self.admitted.load(Ordering::SeqCst) >> BYTES_BITS;
+        admitted + self.releasing.load(Ordering::SeqCst)
     }
 
     /// Payload bytes accepted and not yet resolved.
     pub fn pending_bytes(&self) -> u64 {
-        self.bytes.load(Ordering::Acquire)
+        self.admitted.load(Ordering::SeqCst) & BYTES_MASK
     }
 
     /// Registers `waker` to be woken at the next release. Returns false (not registered) when
@@ -121,10 +138,16 @@ impl PendingBudget {
         still_waiting: impl FnOnce(&PendingBudget) -> bool,
     ) -> bool {
         let mut waiters = self.lock();
+        // Announced before the check (see `notify`).
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        std::sync::atomic::fence(Ordering::SeqCst);
         if !still_waiting(self) {
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
             return false;
         }
-        if !waiters.wakers.iter().any(|w| w.will_wake(waker)) {
+        if waiters.wakers.iter().any(|w| w.will_wake(waker)) {
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
+        } else {
             waiters.wakers.push(waker.clone());
         }
         true
@@ -138,25 +161,32 @@ impl PendingBudget {
         mut done: impl FnMut(&PendingBudget) -> bool,
     ) -> bool {
         let mut waiters = self.lock();
-        loop {
+        // Announced before the first check (see `notify`).
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        std::sync::atomic::fence(Ordering::SeqCst);
+        let result = loop {
             if done(self) {
-                return true;
+                break true;
             }
             let now = Instant::now();
             if now >= deadline {
-                return false;
+                break false;
             }
             waiters = self
                 .changed
                 .wait_timeout(waiters, deadline - now)
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .0;
-        }
+        };
+        self.waiting.fetch_sub(1, Ordering::SeqCst);
+        drop(waiters);
+        result
     }
 
     /// Wakes every waiter without releasing anything (used when the producer closes).
     pub fn wake_all(&self) {
         let wakers = std::mem::take(&mut self.lock().wakers);
+        self.waiting.fetch_sub(wakers.len() as u64, Ordering::SeqCst);
         self.changed.notify_all();
         for waker in wakers {
             waker.wake();
