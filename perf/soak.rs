@@ -10,23 +10,80 @@
 //! this example), so the RSS checked here is the producer's alone. Every 5 s one fault is drawn
 //! and sent to that process as a `--control` command: a node stopped for 2 s then restarted, 20
 //! batches answered with code 114, acks delayed by 200 ms for 2 s, the connections of a node
-//! dropped, or nothing. The producer's RSS, the server's RSS and the in-flight table are sampled
+//! dropped, both nodes stopped for 2 s, or nothing. The producer's RSS, the server's RSS and the in-flight table are sampled
 //! every 10 s. At the end: every record sent is acked or failed (none stuck), the server saw at
 //! least every acked record, the producer's RSS after the first minute stayed within 5 %, the
-//! in-flight table did not grow, and the server took every fault command. The exit status is
+//! in-flight table did not grow, and the server took every fault command. The first minute is
+//! a warm-up that goes through every fault (both nodes down included) in a fixed order; the
+//! live heap (a counting allocator) is reported beside the RSS. The exit status is
 //! non-zero when a check fails.
 //!
 //! The server reads its commands from this process's stdin pipe, so it shuts down when this
 //! process ends on any path (the pipe closes); dropping [`ServerProcess`] also kills it.
 
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use inlong_dataproxy::{Producer, Record, StreamId};
+
+/// Heap bytes this process holds (allocated and not yet freed), kept by [`CountingAlloc`].
+static HEAP_BYTES: AtomicUsize = AtomicUsize::new(0);
+
+/// The system allocator plus a count of live heap bytes, so the soak can tell memory the
+/// producer holds from memory the allocator keeps mapped (RSS) after a burst.
+struct CountingAlloc;
+
+// SAFETY: every call is forwarded unchanged to `System`, which upholds `GlobalAlloc`'s contract;
+// the counter is only arithmetic on the sizes the caller passes.
+unsafe impl GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: the caller's contract for `alloc` is passed on as is.
+        let ptr = unsafe { System.alloc(layout) };
+        if !ptr.is_null() {
+            HEAP_BYTES.fetch_add(layout.size(), Ordering::Relaxed);
+        }
+        ptr
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: `ptr` was allocated by `System` with `layout` (through `alloc` or `realloc`).
+        unsafe { System.dealloc(ptr, layout) };
+        HEAP_BYTES.fetch_sub(layout.size(), Ordering::Relaxed);
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: the caller's contract for `realloc` is passed on as is.
+        let new = unsafe { System.realloc(ptr, layout, new_size) };
+        if !new.is_null() {
+            HEAP_BYTES.fetch_add(new_size, Ordering::Relaxed);
+            HEAP_BYTES.fetch_sub(layout.size(), Ordering::Relaxed);
+        }
+        new
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: CountingAlloc = CountingAlloc;
+
+/// Live heap bytes in MB.
+fn heap_mb() -> f64 {
+    // Far below 2^52 bytes.
+    #[allow(clippy::cast_precision_loss)]
+    let bytes = HEAP_BYTES.load(Ordering::Relaxed) as f64;
+    bytes / (1024.0 * 1024.0)
+}
+
+/// The warm-up before the flatness checks start.
+const WARM_UP: Duration = Duration::from_secs(60);
+/// Fault kinds of the warm-up, in order: both nodes down, a node stopped, slow acks, dropped
+/// connections, code 114, and again.
+const WARM_UP_FAULTS: [u64; 10] = [4, 0, 2, 3, 1, 4, 0, 2, 3, 1];
 
 /// How long the server may take to answer a command or to start.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -138,10 +195,6 @@ impl ServerProcess {
         }
     }
 
-    fn rss_mb(&self) -> f64 {
-        rss_mb(&self.child.id().to_string())
-    }
-
     /// Closes stdin and returns the totals line the server prints before it exits.
     fn shut_down(&mut self) -> Result<serde_json::Value, String> {
         drop(self.stdin.take());
@@ -174,8 +227,84 @@ fn steady_range(samples: &[Sample], value: impl Fn(&Sample) -> f64) -> (f64, f64
 struct Sample {
     at_secs: f64,
     producer_rss_mb: f64,
+    producer_heap_mb: f64,
     server_rss_mb: f64,
     inflight_batches: u64,
+}
+
+/// Sends a fault to the server every 5 s until `end` (each timed fault ended 2 s later, on
+/// time whatever the send loop is doing); returns the server and how many commands it refused.
+fn drive_faults(
+    mut server: ServerProcess,
+    started: Instant,
+    end: Instant,
+    faults: &AtomicUsize,
+) -> (ServerProcess, u64) {
+    let mut refused = 0;
+    let mut control = |server: &mut ServerProcess, line: &str| {
+        if let Err(why) = server.command(line) {
+            eprintln!("the server refused a fault command: {why}");
+            refused += 1;
+        }
+    };
+    let mut rng: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut next_fault = started + Duration::from_secs(5);
+    let mut drawn = 0usize;
+    loop {
+        let now = Instant::now();
+        if next_fault >= end {
+            break;
+        }
+        if now < next_fault {
+            std::thread::sleep(next_fault - now);
+            continue;
+        }
+        next_fault += Duration::from_secs(5);
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        // The first minute is a warm-up that goes through every fault on both nodes, so memory
+        // reaches the ceiling the worst of them needs (a full pending budget when both nodes
+        // are down) before the flatness check starts; then faults are random.
+        let (kind, node) = if now < started + WARM_UP {
+            (WARM_UP_FAULTS[drawn % WARM_UP_FAULTS.len()], drawn as u64 % 2)
+        } else {
+            ((rng >> 8) % 6, rng % 2)
+        };
+        drawn += 1;
+        let undo: Vec<String> = match kind {
+            0 => {
+                control(&mut server, &format!("stop {node}"));
+                vec![format!("restart {node}")]
+            }
+            1 => {
+                control(&mut server, &format!("errors {node} next 114 20"));
+                Vec::new()
+            }
+            2 => {
+                control(&mut server, &format!("ack-delay {node} 200"));
+                vec![format!("ack-delay {node} 0")]
+            }
+            3 => {
+                control(&mut server, &format!("kill-connections {node}"));
+                Vec::new()
+            }
+            4 => {
+                control(&mut server, "stop 0");
+                control(&mut server, "stop 1");
+                vec!["restart 0".to_owned(), "restart 1".to_owned()]
+            }
+            _ => continue,
+        };
+        faults.fetch_add(1, Ordering::Relaxed);
+        if !undo.is_empty() {
+            std::thread::sleep(Duration::from_secs(2));
+            for line in undo {
+                control(&mut server, &line);
+            }
+        }
+    }
+    (server, refused)
 }
 
 fn main() {
@@ -194,7 +323,7 @@ fn run() -> Result<bool, String> {
     let minutes = arg("--minutes", 10.0);
     let rate = arg("--rate", 1_500_000.0) as u64;
     let size = arg("--size", 100.0) as usize;
-    let mut server = ServerProcess::start()?;
+    let server = ServerProcess::start()?;
     let producer = Producer::builder()
         .group_id("test_group")
         .manager_url(server.manager_url.clone())
@@ -216,21 +345,17 @@ fn run() -> Result<bool, String> {
 
     let started = Instant::now();
     let end = started + Duration::from_secs_f64(minutes * 60.0);
-    let mut next_fault = started + Duration::from_secs(5);
-    // The command that ends the fault in force, and when to send it.
-    let mut undo: Option<(Instant, String)> = None;
+    let server_pid = server.child.id().to_string();
+    let faults = Arc::new(AtomicUsize::new(0));
+    // Faults run on their own thread: the send loop below blocks whenever the producer's queue
+    // is full (every node down), and a fault must still end on time then.
+    let fault_thread = {
+        let faults = faults.clone();
+        std::thread::spawn(move || drive_faults(server, started, end, &faults))
+    };
     let mut next_sample = started + Duration::from_secs(10);
     let mut samples: Vec<Sample> = Vec::new();
-    let mut rng: u64 = 0x2545_f491_4f6c_dd1d;
     let mut sent: u64 = 0;
-    let mut faults = 0;
-    let mut refused_commands = 0;
-    let mut control = |server: &mut ServerProcess, line: &str| {
-        if let Err(why) = server.command(line) {
-            eprintln!("the server refused a fault command: {why}");
-            refused_commands += 1;
-        }
-    };
     while Instant::now() < end {
         // Pace: send what is due by now, in chunks.
         let due = (started.elapsed().as_secs_f64() * rate as f64) as u64;
@@ -246,58 +371,34 @@ fn run() -> Result<bool, String> {
             sent += 1;
         }
         let now = Instant::now();
-        if undo.as_ref().is_some_and(|(at, _)| *at <= now) {
-            if let Some((_, revert)) = undo.take() {
-                control(&mut server, &revert);
-            }
-        }
-        if now >= next_fault && undo.is_none() {
-            next_fault = now + Duration::from_secs(5);
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            let node = rng % 2;
-            faults += 1;
-            let two_seconds = now + Duration::from_secs(2);
-            match (rng >> 8) % 5 {
-                0 => {
-                    control(&mut server, &format!("stop {node}"));
-                    undo = Some((two_seconds, format!("restart {node}")));
-                }
-                1 => control(&mut server, &format!("errors {node} next 114 20")),
-                2 => {
-                    control(&mut server, &format!("ack-delay {node} 200"));
-                    undo = Some((two_seconds, format!("ack-delay {node} 0")));
-                }
-                3 => control(&mut server, &format!("kill-connections {node}")),
-                _ => faults -= 1,
-            }
-        }
         if now >= next_sample {
             next_sample = now + Duration::from_secs(10);
             let stats = producer.stats();
             let sample = Sample {
                 at_secs: started.elapsed().as_secs_f64(),
                 producer_rss_mb: rss_mb("self"),
-                server_rss_mb: server.rss_mb(),
+                producer_heap_mb: heap_mb(),
+                server_rss_mb: rss_mb(&server_pid),
                 inflight_batches: stats.inflight_batches,
             };
             eprintln!(
-                "t={:>4.0}s sent={sent} acked={} failed={} in_flight_batches={} rss_mb={:.1} server_rss_mb={:.1} faults={faults}",
+                "t={:>4.0}s sent={sent} acked={} failed={} in_flight_batches={} rss_mb={:.1} heap_mb={:.1} server_rss_mb={:.1} faults={}",
                 sample.at_secs,
                 stats.records_acked,
                 stats.records_failed,
                 stats.inflight_batches,
                 sample.producer_rss_mb,
+                sample.producer_heap_mb,
                 sample.server_rss_mb,
+                faults.load(Ordering::Relaxed),
             );
             samples.push(sample);
         }
         std::thread::sleep(Duration::from_millis(1));
     }
-    if let Some((_, revert)) = undo.take() {
-        control(&mut server, &revert);
-    }
+    let (mut server, refused_commands) =
+        fault_thread.join().map_err(|_| "the fault thread panicked".to_owned())?;
+    let faults = faults.load(Ordering::Relaxed);
     let flushed = producer.flush_blocking(Duration::from_secs(60));
     let stats = producer.stats();
     // How every record ended, by Go code (from the producer's metrics).
@@ -307,11 +408,12 @@ fn run() -> Result<bool, String> {
     let server_records = totals["records"].as_u64().ok_or("no records in the server's totals")?;
 
     let (low, high) = steady_range(&samples, |s| s.producer_rss_mb);
+    let (heap_low, heap_high) = steady_range(&samples, |s| s.producer_heap_mb);
     let rss_growth = if low > 0.0 { (high - low) / low } else { 0.0 };
     let (server_low, server_high) = steady_range(&samples, |s| s.server_rss_mb);
     let max_inflight = samples.iter().map(|s| s.inflight_batches).max().unwrap_or(0);
     println!(
-        "soak minutes={minutes} rate={rate} sent={sent} acked={} failed={} server_records={server_records} faults={faults} rss_mb_min={low:.1} rss_mb_max={high:.1} rss_spread={:.1}% server_rss_mb_min={server_low:.1} server_rss_mb_max={server_high:.1} max_inflight_batches={max_inflight} flushed={}",
+        "soak minutes={minutes} rate={rate} sent={sent} acked={} failed={} server_records={server_records} faults={faults} rss_mb_min={low:.1} rss_mb_max={high:.1} rss_spread={:.1}% heap_mb_min={heap_low:.1} heap_mb_max={heap_high:.1} server_rss_mb_min={server_low:.1} server_rss_mb_max={server_high:.1} max_inflight_batches={max_inflight} flushed={}",
         stats.records_acked,
         stats.records_failed,
         rss_growth * 100.0,

@@ -32,8 +32,17 @@ pub type ConnId = u64;
 
 /// Server codes that mean "not accepted, safe to send again" (`PROTOCOL.md` §3.9).
 const RETRYABLE_SERVER_CODES: [i32; 4] = [1, 2, 3, 114];
-/// Buffers (frames and write buffers) a shard keeps for reuse.
+/// Frame-sized buffers a shard keeps for reuse. (Keeping a whole backlog's worth, 16 MiB per
+/// shard, was measured in the soak: the live heap grew by that much and RSS crept all the same.)
 const SPARE_BUFFERS: usize = 32;
+/// A buffer up to this capacity is reused for frames; larger ones are write buffers.
+const FRAME_BUFFER_MAX: usize = 128 << 10;
+/// Write buffers (a connection's coalesced frames) a shard keeps for reuse, apart from frame
+/// buffers: a large buffer no longer circulates as a frame buffer with its pages resident, and
+/// a busy connection's buffer is not mapped and unmapped on every write.
+const SPARE_WRITE_BUFFERS: usize = 2;
+/// The largest write buffer kept for reuse; one that grew past it during a backlog is freed.
+const WRITE_BUFFER_KEEP_MAX: usize = 4 << 20;
 /// `SERVICE_CLOSED`: the node is going offline; stop using the connection.
 const SERVICE_CLOSED: i32 = 2;
 
@@ -109,6 +118,9 @@ struct Inflight {
     callbacks: Vec<(u32, u64, Callback)>,
     /// Sends started so far.
     attempts: u32,
+    /// Sends that ended with their connection lost (reset, closed, write failed) inside the
+    /// batch's delivery window: they do not count against `max_retries` (see `conn_lost`).
+    free_attempts: u32,
     state: BatchState,
     last_conn: Option<ConnId>,
     last_error: Option<Error>,
@@ -148,6 +160,7 @@ pub struct ShardEngine {
     conns: Vec<Conn>,
     events: VecDeque<EngineEvent>,
     spare_buffers: Vec<Vec<u8>>,
+    spare_write_buffers: Vec<Vec<u8>>,
     spare_bodies: Vec<BatchBody>,
     next_batch: u64,
     rng: u64,
@@ -188,6 +201,7 @@ impl ShardEngine {
             conns: Vec::new(),
             events: VecDeque::new(),
             spare_buffers: Vec::new(),
+            spare_write_buffers: Vec::new(),
             spare_bodies: Vec::new(),
             // Batch IDs (and so `mid`s) are unique across the producer's shards.
             next_batch: (u64::from(wid) << 48) + 1,
@@ -236,6 +250,9 @@ impl ShardEngine {
         };
         let mut frame = self.spare_buffers.pop().unwrap_or_default();
         frame.clear();
+        // Snappy's worst case plus the header, once, instead of growing by doubling.
+        let body_len = batch.body.len();
+        frame.reserve(body_len + body_len / 6 + 1024);
         let records = batch.body.count();
         let payload_bytes = batch.body.payload_bytes() as u64;
         let encoded = self.encoder.encode(
@@ -253,6 +270,7 @@ impl ShardEngine {
             completion: batch.completion,
             callbacks: batch.callbacks,
             attempts: 0,
+            free_attempts: 0,
             state: BatchState::Queued { since: now },
             last_conn: None,
             last_error: None,
@@ -306,17 +324,29 @@ impl ShardEngine {
 
     /// The connection is gone (closed, reset, write or read failure). Its in-flight batches are
     /// retried at once on another connection, or failed if out of attempts.
+    ///
+    /// A send lost with a connection that was not at fault (the engine had not given up on it
+    /// for a missing heartbeat or a bad reply) does not use up an attempt while the batch is
+    /// inside its delivery window, `send_timeout x (1 + max_retries)` from when it was opened:
+    /// when every node goes down at once, the batches on the wire would otherwise burn all
+    /// their attempts within milliseconds, on connections that die one after the other, and
+    /// fail although the nodes are back long before their time is up. Past the window every
+    /// loss counts, so a batch can never bounce between connections for ever.
     pub fn conn_lost(&mut self, now: Instant, conn: ConnId, reason: &str) {
         let Some(index) = self.conns.iter().position(|c| c.id == conn) else { return };
         let lost = self.conns.remove(index);
         let cause = Error::ConnectionLost { endpoint: lost.endpoint, reason: reason.to_owned() };
+        let window = self.config.send_timeout.saturating_mul(1 + self.config.max_retries);
         // Oldest first, so the retries keep their order at the front of the queue.
         let mut retry = Vec::new();
         for &(id, attempt) in &lost.sent {
-            if let Some(batch) = self.batches.get(&id) {
+            if let Some(batch) = self.batches.get_mut(&id) {
                 if batch.attempts == attempt
                     && matches!(batch.state, BatchState::Sent { conn: c, .. } if c == conn)
                 {
+                    if !lost.doomed && now < batch.opened_at + window {
+                        batch.free_attempts += 1;
+                    }
                     retry.push(id);
                 }
             }
@@ -354,6 +384,10 @@ impl ShardEngine {
         read_buf.drain(..at);
         if let Some(error) = failure {
             read_buf.clear();
+            // A node that answers garbage is at fault: its batches' attempts count.
+            if let Some(c) = self.conns.iter_mut().find(|c| c.id == conn) {
+                c.doomed = true;
+            }
             self.events
                 .push_back(EngineEvent::CloseConn { conn, reason: format!("bad reply: {error}") });
         }
@@ -475,7 +509,8 @@ impl ShardEngine {
         self.assign_queued(now);
         let conn = self.conns.iter_mut().find(|c| !c.writing && !c.out.is_empty())?;
         conn.writing = true;
-        let spare = self.spare_buffers.pop().unwrap_or_default();
+        let spare = self.spare_write_buffers.pop();
+        let spare = spare.or_else(|| self.spare_buffers.pop()).unwrap_or_default();
         let bytes = std::mem::replace(&mut conn.out, spare);
         Some(Transmit { conn: conn.id, bytes })
     }
@@ -516,14 +551,19 @@ impl ShardEngine {
         self.recycle(bytes);
     }
 
-    /// Keeps a buffer for reuse. Only a few, and only frame-sized ones: a write buffer that grew
-    /// during a backlog is freed, so memory after a burst goes back to its steady size.
+    /// Keeps a buffer for reuse: up to [`SPARE_BUFFERS`] frame-sized ones and
+    /// [`SPARE_WRITE_BUFFERS`] write buffers of at most [`WRITE_BUFFER_KEEP_MAX`]; the rest is
+    /// freed, so what is kept is bounded (2 x 4 MiB + 32 x 128 KiB per shard at most).
     fn recycle(&mut self, mut buffer: Vec<u8>) {
-        if self.spare_buffers.len() < SPARE_BUFFERS
-            && buffer.capacity() <= 2 * self.config.max_frame_len.max(64 << 10)
+        buffer.clear();
+        if buffer.capacity() <= FRAME_BUFFER_MAX {
+            if self.spare_buffers.len() < SPARE_BUFFERS {
+                self.spare_buffers.push(buffer);
+            }
+        } else if self.spare_write_buffers.len() < SPARE_WRITE_BUFFERS
+            && buffer.capacity() <= WRITE_BUFFER_KEEP_MAX
         {
-            buffer.clear();
-            self.spare_buffers.push(buffer);
+            self.spare_write_buffers.push(buffer);
         }
     }
 
@@ -680,7 +720,7 @@ impl ShardEngine {
     fn retry_or_fail(&mut self, now: Instant, id: u64, cause: Error, with_backoff: bool) {
         let Some(batch) = self.batches.get_mut(&id) else { return };
         batch.last_error = Some(cause);
-        if batch.attempts > self.config.max_retries {
+        if batch.attempts.saturating_sub(batch.free_attempts) > self.config.max_retries {
             let error = Error::SendTimeout {
                 batch_id: id,
                 attempts: batch.attempts,

@@ -57,6 +57,11 @@ impl Harness {
 
     /// Enqueues a batch of `records` one-byte records and returns its completion.
     fn batch(&mut self, records: u32) -> Arc<BatchCompletion> {
+        self.batch_opened_at(records, self.now)
+    }
+
+    /// Like `batch`, for a batch opened at `opened_at`.
+    fn batch_opened_at(&mut self, records: u32, opened_at: Instant) -> Arc<BatchCompletion> {
         let mut body = BatchBody::new();
         for _ in 0..records {
             assert!(self.budget.try_acquire(1));
@@ -68,7 +73,7 @@ impl Harness {
             body,
             completion: completion.clone(),
             callbacks: Vec::new(),
-            opened_at: self.now,
+            opened_at,
         };
         self.engine.enqueue(self.now, sealed, 1_700_000_000_000);
         completion
@@ -275,6 +280,53 @@ fn connection_loss_retries_at_once() {
     assert_eq!(writes[0].0, 2);
     h.engine.on_bytes(h.now, 2, &reply(&writes[0].1[0], None, true));
     assert!(matches!(outcome(&done), Some(Ok(_))));
+}
+
+#[test]
+fn connection_losses_inside_the_window_do_not_use_up_attempts() {
+    // Every node going down at once: the batch is lost with five connections in a row, more
+    // than its three attempts, and is still delivered once a node is back.
+    let mut h = Harness::new(config());
+    let done = h.batch(1);
+    for conn in 1..=5 {
+        h.engine.add_conn(h.now, conn, ep(1));
+        let writes = h.transmit();
+        assert_eq!(writes.len(), 1, "sent on connection {conn}");
+        h.advance(Duration::from_millis(100));
+        h.engine.conn_lost(h.now, conn, "reset");
+        assert!(outcome(&done).is_none(), "not failed after losing connection {conn}");
+    }
+    h.engine.add_conn(h.now, 6, ep(2));
+    let writes = h.transmit();
+    h.engine.on_bytes(h.now, 6, &reply(&writes[0].1[0], None, true));
+    assert_eq!(outcome(&done).unwrap().unwrap().retries, 5);
+}
+
+#[test]
+fn connection_losses_past_the_window_or_after_bad_replies_count() {
+    // Past `send_timeout x (1 + max_retries)` from the batch's opening, losses count again.
+    let mut h = Harness::new(config());
+    let opened = h.now;
+    h.now += SEND_TIMEOUT * 3; // nothing pending yet, so no timer to run
+    let done = h.batch_opened_at(1, opened);
+    for conn in 1..=3 {
+        h.engine.add_conn(h.now, conn, ep(1));
+        h.transmit();
+        h.engine.conn_lost(h.now, conn, "reset");
+    }
+    let err = outcome(&done).unwrap().unwrap_err();
+    assert!(matches!(err, Error::SendTimeout { attempts: 3, .. }), "{err:?}");
+
+    // A connection closed for a garbage reply is at fault: its attempt counts at once.
+    let mut h = Harness::new(config());
+    let done = h.batch(1);
+    for conn in 1..=3 {
+        h.engine.add_conn(h.now, conn, ep(1));
+        h.transmit();
+        h.engine.on_bytes(h.now, conn, &[0, 0, 0, 1, 0xff]);
+        h.engine.conn_lost(h.now, conn, "bad reply");
+    }
+    assert!(matches!(outcome(&done), Some(Err(Error::SendTimeout { attempts: 3, .. }))));
 }
 
 #[test]
