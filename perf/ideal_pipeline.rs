@@ -30,7 +30,7 @@ use inlong_dataproxy::protocol::{
     decode_reply, split_frame, AddColumns, BatchBody, BatchHeader, FrameEncoder, Reply,
     MAX_REPLY_FRAME_LEN,
 };
-use inlong_dataproxy::server::workload::log_line;
+use inlong_dataproxy::server::workload::{log_line, process_cpu_seconds, status_mb};
 
 /// Records per batch (the producer's default `batching_max_messages`).
 const BATCH: usize = 50;
@@ -128,7 +128,7 @@ fn main() {
         n / seconds,
         n * o.size as f64 / seconds / 1e6,
         cpu / n.max(1.0) * 1e6,
-        max_rss_mb(),
+        status_mb("self", "VmHWM"),
     );
 }
 
@@ -150,7 +150,7 @@ async fn run(o: &Options) -> Result<(u64, f64, f64), String> {
     let mut out = Vec::with_capacity(FRAMES_PER_WRITE * (BATCH * (o.size + 4) + 256));
     let (mut sent, mut next_payload) = (0u64, 0usize);
 
-    let cpu_before = cpu_seconds();
+    let cpu_before = process_cpu_seconds("self", "").0;
     let started = Instant::now();
     let end = started + o.duration;
     while Instant::now() < end {
@@ -198,7 +198,7 @@ async fn run(o: &Options) -> Result<(u64, f64, f64), String> {
         compio::time::sleep(Duration::from_micros(200)).await;
     }
     let seconds = started.elapsed().as_secs_f64();
-    let cpu = cpu_seconds() - cpu_before;
+    let cpu = process_cpu_seconds("self", "").0 - cpu_before;
     drop(reader);
     Ok((acks.batches.get(), seconds, cpu))
 }
@@ -247,23 +247,4 @@ async fn read_acks(mut stream: TcpStream, acks: Rc<Acks>) {
 fn fatal(why: &str) -> ! {
     eprintln!("error: {why}");
     std::process::exit(1);
-}
-
-/// `utime + stime` of this process in seconds (`USER_HZ` = 100).
-fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let rest = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let field = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (field(11) + field(12)) / 100.0
-}
-
-/// Peak resident memory (`VmHWM`) in MB.
-fn max_rss_mb() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
 }

@@ -13,7 +13,7 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use inlong_dataproxy::server::workload::log_line;
+use inlong_dataproxy::server::workload::{log_line, process_cpu_seconds, status_mb};
 use inlong_dataproxy::server::{IngestMode, LocalCluster, NodeConfig};
 use inlong_dataproxy::{Producer, Record, StreamId, Transport};
 
@@ -54,38 +54,6 @@ fn parse_args() -> Result<Options, String> {
     Ok(o)
 }
 
-/// CPU seconds of this process, and of its threads whose name starts with `prefix`.
-fn cpu_seconds(prefix: &str) -> (f64, f64) {
-    let ticks = |stat: &str| -> f64 {
-        let rest = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let get = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-        (get(11) + get(12)) / 100.0
-    };
-    let total = std::fs::read_to_string("/proc/self/stat").map(|s| ticks(&s)).unwrap_or(0.0);
-    let mut matched = 0.0;
-    if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
-        for task in tasks.flatten() {
-            let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
-            if comm.starts_with(prefix) {
-                matched += std::fs::read_to_string(task.path().join("stat"))
-                    .map(|s| ticks(&s))
-                    .unwrap_or(0.0);
-            }
-        }
-    }
-    (total, matched)
-}
-
-fn max_rss_mb() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
-}
-
 fn main() {
     let o = match parse_args() {
         Ok(o) => o,
@@ -112,7 +80,7 @@ fn main() {
     let streams: Vec<StreamId> =
         (0..o.streams).map(|i| StreamId::from(format!("stream-{i}"))).collect();
 
-    let (cpu0, server0) = cpu_seconds("inlong-local");
+    let (cpu0, server0) = process_cpu_seconds("self", "inlong-local");
     let started = Instant::now();
     for i in 0..o.records {
         let record = Record::new(
@@ -124,7 +92,7 @@ fn main() {
     }
     producer.flush_blocking(Duration::from_secs(60)).expect("flush");
     let seconds = started.elapsed().as_secs_f64();
-    let (cpu1, server1) = cpu_seconds("inlong-local");
+    let (cpu1, server1) = process_cpu_seconds("self", "inlong-local");
     let acked = cluster.stats().records;
     let total_cpu = cpu1 - cpu0;
     let producer_cpu = total_cpu - (server1 - server0);
@@ -137,7 +105,7 @@ fn main() {
         n * o.size as f64 / seconds / 1e6,
         total_cpu / n * 1e6,
         producer_cpu / n * 1e6,
-        max_rss_mb(),
+        status_mb("self", "VmHWM"),
         producer.transport(),
         o.size,
         o.streams,

@@ -26,7 +26,7 @@ use inlong_dataproxy::protocol::{
     decode_reply, split_frame, AddColumns, BatchBody, BatchHeader, FrameEncoder, Reply,
     MAX_REPLY_FRAME_LEN,
 };
-use inlong_dataproxy::server::workload::log_line;
+use inlong_dataproxy::server::workload::{log_line, process_cpu_seconds};
 use inlong_dataproxy::server::{IngestMode, LocalCluster, NodeConfig};
 
 struct Options {
@@ -201,25 +201,11 @@ fn blast(addr: SocketAddr, frames: &[Vec<u8>], acked: &AtomicU64) {
     });
 }
 
-/// CPU seconds used so far by the server: every thread of process `pid`, or the in-process server
-/// threads (named `inlong-local-server`).
+/// CPU seconds used so far by the server: every live thread of process `pid`, or the in-process
+/// server threads (named `inlong-local-server`).
 fn server_cpu(pid: Option<u32>) -> f64 {
-    let dir = pid.map_or_else(|| "/proc/self/task".to_owned(), |pid| format!("/proc/{pid}/task"));
-    let Ok(tasks) = std::fs::read_dir(dir) else { return 0.0 };
-    let ticks_per_sec = 100.0; // USER_HZ on Linux
-    let mut total = 0.0;
-    for task in tasks.flatten() {
-        let path = task.path();
-        let Ok(comm) = std::fs::read_to_string(path.join("comm")) else { continue };
-        if pid.is_none() && !comm.starts_with("inlong-local") {
-            continue;
-        }
-        let Ok(stat) = std::fs::read_to_string(path.join("stat")) else { continue };
-        // Fields after the ")" of the command name: state is field 3, utime 14, stime 15.
-        let Some(rest) = stat.rsplit_once(')').map(|(_, rest)| rest) else { continue };
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-        total += (ticks(11) + ticks(12)) / ticks_per_sec;
+    match pid {
+        Some(pid) => process_cpu_seconds(&pid.to_string(), "").1,
+        None => process_cpu_seconds("self", "inlong-local").1,
     }
-    total
 }

@@ -30,6 +30,7 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use inlong_dataproxy::server::workload::status_mb;
 use inlong_dataproxy::{Producer, Record, StreamId};
 
 /// Heap bytes this process holds (allocated and not yet freed), kept by [`CountingAlloc`].
@@ -95,16 +96,6 @@ fn arg(name: &str, default: f64) -> f64 {
         .and_then(|i| args.get(i + 1))
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-/// `VmRSS` of `/proc/<pid>/status` in MB (`pid` = "self" for this process); 0 when unreadable.
-fn rss_mb(pid: &str) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
 }
 
 /// Builds `inlong-dataproxy` with this example's profile and returns its path, which is next to
@@ -376,9 +367,9 @@ fn run() -> Result<bool, String> {
             let stats = producer.stats();
             let sample = Sample {
                 at_secs: started.elapsed().as_secs_f64(),
-                producer_rss_mb: rss_mb("self"),
+                producer_rss_mb: status_mb("self", "VmRSS"),
                 producer_heap_mb: heap_mb(),
-                server_rss_mb: rss_mb(&server_pid),
+                server_rss_mb: status_mb(&server_pid, "VmRSS"),
                 inflight_batches: stats.inflight_batches,
             };
             eprintln!(

@@ -389,6 +389,29 @@ fn matrix_jobs(quick: bool) -> Vec<Job> {
     jobs
 }
 
+/// Runs `jobs[first..]` `args.reps` times, repetitions interleaved (every job once, then again),
+/// appending each result to `runs[job]`.
+fn run_interleaved(
+    jobs: &[Job],
+    first: usize,
+    runs: &mut [Vec<Value>],
+    programs: &Programs,
+    server: &Server,
+    args: &Args,
+) -> Result<(), String> {
+    let total = (jobs.len() - first) * args.reps;
+    let mut done = 0;
+    for rep in 0..args.reps {
+        for (index, job) in jobs.iter().enumerate().skip(first) {
+            done += 1;
+            let value = run_job(job, programs, server, args.duration)?;
+            eprintln!("[{done}/{total}] rep {} {}: {value}", rep + 1, job.name());
+            runs[index].push(value);
+        }
+    }
+    Ok(())
+}
+
 fn run_matrix(args: &Args) -> Result<(), String> {
     let programs = programs(args.build)?;
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
@@ -399,16 +422,7 @@ fn run_matrix(args: &Args) -> Result<(), String> {
 
     let mut jobs = matrix_jobs(args.quick);
     let mut runs: Vec<Vec<Value>> = vec![Vec::new(); jobs.len()];
-    let total = jobs.len() * args.reps;
-    let mut done = 0;
-    for rep in 0..args.reps {
-        for (index, job) in jobs.iter().enumerate() {
-            done += 1;
-            let value = run_job(job, &programs, &server, args.duration)?;
-            eprintln!("[{done}/{total}] rep {} {}: {value}", rep + 1, job.name());
-            runs[index].push(value);
-        }
-    }
+    run_interleaved(&jobs, 0, &mut runs, &programs, &server, args)?;
 
     // Half of the measured peak, for latency; closing after a backlog.
     let peak_of = |size: usize| -> f64 {
@@ -439,16 +453,7 @@ fn run_matrix(args: &Args) -> Result<(), String> {
     let first_extra = jobs.len();
     jobs.extend(extra);
     runs.resize(jobs.len(), Vec::new());
-    let total = (jobs.len() - first_extra) * args.reps;
-    let mut done = 0;
-    for rep in 0..args.reps {
-        for index in first_extra..jobs.len() {
-            done += 1;
-            let value = run_job(&jobs[index], &programs, &server, args.duration)?;
-            eprintln!("[{done}/{total}] rep {} {}: {value}", rep + 1, jobs[index].name());
-            runs[index].push(value);
-        }
-    }
+    run_interleaved(&jobs, first_extra, &mut runs, &programs, &server, args)?;
     drop(server);
 
     let medians: Vec<Map<String, Value>> = runs.iter().map(|r| medians(r)).collect();

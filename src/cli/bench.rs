@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use inlong_dataproxy::server::workload::log_line;
+use inlong_dataproxy::server::workload::{log_line, process_cpu_seconds, status_mb};
 use inlong_dataproxy::server::{IngestMode, LocalCluster, NodeConfig};
 use inlong_dataproxy::{MetricsRegistry, Producer, Record, StreamId, Transport};
 
@@ -385,43 +385,13 @@ struct CpuTime {
 
 impl CpuTime {
     fn now() -> CpuTime {
-        let total = std::fs::read_to_string("/proc/self/stat").map_or(0.0, |s| stat_seconds(&s));
-        let mut server = 0.0;
-        if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
-            for task in tasks.flatten() {
-                let name = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
-                if name.starts_with(SERVER_THREAD_PREFIX) {
-                    server += std::fs::read_to_string(task.path().join("stat"))
-                        .map_or(0.0, |s| stat_seconds(&s));
-                }
-            }
-        }
+        let (total, server) = process_cpu_seconds("self", SERVER_THREAD_PREFIX);
         CpuTime { total, server }
     }
 
     fn since(&self, earlier: &CpuTime) -> CpuTime {
         CpuTime { total: self.total - earlier.total, server: self.server - earlier.server }
     }
-}
-
-/// `utime + stime` of a `/proc/.../stat` line, in seconds (clock ticks of 1/100 s, Linux's
-/// `USER_HZ` on every mainstream architecture).
-fn stat_seconds(stat: &str) -> f64 {
-    // The command name may contain spaces; the fields after it are space-separated.
-    let rest = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let field = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (field(11) + field(12)) / 100.0
-}
-
-/// Peak resident memory of the process (`VmHWM`), in MB.
-fn max_rss_mb() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
 }
 
 fn round(value: f64, decimals: i32) -> f64 {
@@ -454,7 +424,7 @@ fn summarize(
         p50_ms: round(tally.latency_ms(0.5), 3),
         p99_ms: round(tally.latency_ms(0.99), 3),
         p999_ms: round(tally.latency_ms(0.999), 3),
-        max_rss_mb: round(max_rss_mb(), 1),
+        max_rss_mb: round(status_mb("self", "VmHWM"), 1),
         transport,
     }
 }
@@ -512,13 +482,6 @@ mod tests {
                 assert_ne!(a, b);
             }
         }
-    }
-
-    #[test]
-    fn stat_lines_with_spaces_in_the_name_parse() {
-        let stat = "42 (a b) S 1 2 3 4 5 6 7 8 9 10 250 150 0 0";
-        assert!((stat_seconds(stat) - 4.0).abs() < 1e-9);
-        assert!(stat_seconds("garbage").abs() < f64::EPSILON);
     }
 
     #[test]

@@ -1,6 +1,7 @@
-//! Synthetic records for benchmarks, the CLI's `bench` and soak runs: realistic log lines whose
-//! digits change from record to record, so Snappy sees the redundancy of real logs rather than
-//! one buffer compressed in a loop (which overstates it ~2.5x).
+//! What the benchmarks, the CLI's `bench` and the soak share: synthetic records — realistic log
+//! lines whose digits change from record to record, so Snappy sees the redundancy of real logs
+//! rather than one buffer compressed in a loop (which overstates it ~2.5x) — and the process
+//! measurements they report (CPU time and resident memory from `/proc`, Linux only; 0 elsewhere).
 
 use bytes::Bytes;
 
@@ -29,9 +30,65 @@ pub fn log_line(index: u64, size: usize) -> Bytes {
     Bytes::from(line)
 }
 
+/// `utime + stime` of a `/proc/.../stat` line, in seconds (clock ticks of 1/100 s, Linux's
+/// `USER_HZ` on every mainstream architecture); 0 for a line that does not parse.
+pub fn stat_cpu_seconds(stat: &str) -> f64 {
+    // The command name may contain spaces; the fields after it are space-separated.
+    let rest = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let field = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (field(11) + field(12)) / 100.0
+}
+
+/// CPU seconds used so far by process `pid` (`"self"` for this one), and by those of its live
+/// threads whose name starts with `thread_prefix` (`""`: every live thread). 0 when unreadable.
+pub fn process_cpu_seconds(pid: &str, thread_prefix: &str) -> (f64, f64) {
+    let read = |path: std::path::PathBuf| {
+        std::fs::read_to_string(path).map_or(0.0, |stat| stat_cpu_seconds(&stat))
+    };
+    let total = read(format!("/proc/{pid}/stat").into());
+    let mut threads = 0.0;
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for task in tasks.flatten() {
+            let name = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+            if name.starts_with(thread_prefix) {
+                threads += read(task.path().join("stat"));
+            }
+        }
+    }
+    (total, threads)
+}
+
+/// A `kB` line of `/proc/<pid>/status` (`"VmRSS"`, `"VmHWM"`, ...) in MB; `pid` may be
+/// `"self"`. 0 when unreadable.
+pub fn status_mb(pid: &str, field: &str) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stat_lines_with_spaces_in_the_name_parse() {
+        let stat = "42 (a b) S 1 2 3 4 5 6 7 8 9 10 250 150 0 0";
+        assert!((stat_cpu_seconds(stat) - 4.0).abs() < 1e-9);
+        assert!(stat_cpu_seconds("garbage").abs() < f64::EPSILON);
+    }
+
+    #[test]
+    fn this_process_has_memory_and_cpu_readings() {
+        assert!(status_mb("self", "VmRSS") > 0.0);
+        assert!(status_mb("self", "VmHWM") >= status_mb("self", "VmRSS") * 0.5);
+        assert!(status_mb("self", "NoSuchField").abs() < f64::EPSILON);
+        let (total, threads) = process_cpu_seconds("self", "");
+        assert!(total >= 0.0 && threads >= 0.0);
+    }
 
     #[test]
     fn lines_have_the_exact_size_differ_and_repeat() {
