@@ -15,7 +15,8 @@
 //! least every acked record, the producer's RSS after the first minute stayed within 5 %, the
 //! in-flight table did not grow, and the server took every fault command. The first minute is
 //! a warm-up that goes through every fault (both nodes down included) in a fixed order; the
-//! live heap (a counting allocator) is reported beside the RSS. The exit status is
+//! live heap (a counting allocator) is reported beside the RSS, with its split by allocation
+//! size (which buffers a growth comes from). The exit status is
 //! non-zero when a check fails.
 //!
 //! The server reads its commands from this process's stdin pipe, so it shuts down when this
@@ -35,6 +36,24 @@ use inlong_dataproxy::{Producer, Record, StreamId};
 
 /// Heap bytes this process holds (allocated and not yet freed), kept by [`CountingAlloc`].
 static HEAP_BYTES: AtomicUsize = AtomicUsize::new(0);
+/// The same, by allocation size: entry `k` counts allocations of `2^(k-1)` to `2^k - 1` bytes.
+/// Printed with each sample, it tells which buffers a growth comes from.
+static HEAP_BY_SIZE: [AtomicUsize; 64] = [const { AtomicUsize::new(0) }; 64];
+
+/// The [`HEAP_BY_SIZE`] entry of an allocation of `size` bytes.
+fn size_class(size: usize) -> usize {
+    (usize::BITS - size.leading_zeros()) as usize
+}
+
+fn count(size: usize, delta: isize) {
+    if delta > 0 {
+        HEAP_BYTES.fetch_add(size, Ordering::Relaxed);
+        HEAP_BY_SIZE[size_class(size)].fetch_add(size, Ordering::Relaxed);
+    } else {
+        HEAP_BYTES.fetch_sub(size, Ordering::Relaxed);
+        HEAP_BY_SIZE[size_class(size)].fetch_sub(size, Ordering::Relaxed);
+    }
+}
 
 /// The system allocator plus a count of live heap bytes, so the soak can tell memory the
 /// producer holds from memory the allocator keeps mapped (RSS) after a burst.
@@ -47,7 +66,7 @@ unsafe impl GlobalAlloc for CountingAlloc {
         // SAFETY: the caller's contract for `alloc` is passed on as is.
         let ptr = unsafe { System.alloc(layout) };
         if !ptr.is_null() {
-            HEAP_BYTES.fetch_add(layout.size(), Ordering::Relaxed);
+            count(layout.size(), 1);
         }
         ptr
     }
@@ -55,15 +74,15 @@ unsafe impl GlobalAlloc for CountingAlloc {
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         // SAFETY: `ptr` was allocated by `System` with `layout` (through `alloc` or `realloc`).
         unsafe { System.dealloc(ptr, layout) };
-        HEAP_BYTES.fetch_sub(layout.size(), Ordering::Relaxed);
+        count(layout.size(), -1);
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         // SAFETY: the caller's contract for `realloc` is passed on as is.
         let new = unsafe { System.realloc(ptr, layout, new_size) };
         if !new.is_null() {
-            HEAP_BYTES.fetch_add(new_size, Ordering::Relaxed);
-            HEAP_BYTES.fetch_sub(layout.size(), Ordering::Relaxed);
+            count(new_size, 1);
+            count(layout.size(), -1);
         }
         new
     }
@@ -78,6 +97,22 @@ fn heap_mb() -> f64 {
     #[allow(clippy::cast_precision_loss)]
     let bytes = HEAP_BYTES.load(Ordering::Relaxed) as f64;
     bytes / (1024.0 * 1024.0)
+}
+
+/// The live heap by allocation size, the classes holding over 512 KiB: `<2^13:27.9` is 27.9 MB
+/// in allocations of 4 to 8 KiB.
+fn heap_by_size() -> String {
+    let mut out = String::new();
+    for (class, bytes) in HEAP_BY_SIZE.iter().enumerate() {
+        let bytes = bytes.load(Ordering::Relaxed);
+        if bytes > 512 << 10 {
+            // Far below 2^52 bytes.
+            #[allow(clippy::cast_precision_loss)]
+            let mb = bytes as f64 / (1024.0 * 1024.0);
+            out.push_str(&format!(" <2^{class}:{mb:.1}"));
+        }
+    }
+    out
 }
 
 /// The warm-up before the flatness checks start.
@@ -373,7 +408,7 @@ fn run() -> Result<bool, String> {
                 inflight_batches: stats.inflight_batches,
             };
             eprintln!(
-                "t={:>4.0}s sent={sent} acked={} failed={} in_flight_batches={} rss_mb={:.1} heap_mb={:.1} server_rss_mb={:.1} faults={}",
+                "t={:>4.0}s sent={sent} acked={} failed={} in_flight_batches={} rss_mb={:.1} heap_mb={:.1} server_rss_mb={:.1} faults={} heap_mb_by_size:{}",
                 sample.at_secs,
                 stats.records_acked,
                 stats.records_failed,
@@ -382,6 +417,7 @@ fn run() -> Result<bool, String> {
                 sample.producer_heap_mb,
                 sample.server_rss_mb,
                 faults.load(Ordering::Relaxed),
+                heap_by_size(),
             );
             samples.push(sample);
         }

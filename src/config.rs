@@ -88,17 +88,20 @@ pub struct ProducerConfig {
     pub update_interval: Duration,
     /// `ConnTimeout`: bound on every TCP connect (3 s).
     pub conn_timeout: Duration,
-    /// `WriteBufferSize`: bytes a connection may have queued for writing before the shard stops
-    /// handing it frames (8 MiB).
+    /// `WriteBufferSize`: the most bytes coalesced into one connection's write buffer (8 MiB);
+    /// capped at 256 KiB, the size of the fixed write buffers each shard reuses (frames beyond
+    /// wait in the shard's queue, where any connection can take them).
     pub write_buffer_size: usize,
-    /// `ReadBufferSize`: initial reply read buffer per connection (1 MiB).
+    /// `ReadBufferSize`: reply read buffer per connection (1 MiB; used clamped to 4 KiB..256 KiB).
     pub read_buffer_size: usize,
     /// `SocketSendBufferSize`: `SO_SNDBUF` (8 MiB).
     pub socket_send_buffer_size: usize,
     /// `SocketRecvBufferSize`: `SO_RCVBUF` (1 MiB).
     pub socket_recv_buffer_size: usize,
-    /// `BufferPoolSize`: encode buffers a shard keeps for reuse (409600 in Go, where it counts
-    /// byte slices; here the pool is capped at this many buffers).
+    /// `BufferPoolSize` (409600): accepted for parity with Go, where it sizes a pool of byte
+    /// slices. Here each shard's pools are sized by the other settings: frame buffers up to
+    /// what its backlogs held in flight (all shards together at most `max_pending_bytes`),
+    /// fixed-size write and read buffers, and up to 64 spare batch bodies.
     pub buffer_pool_size: usize,
     /// `MetricsName`: the `name` label of every metric (`dataproxy-rust`).
     pub metrics_name: String,

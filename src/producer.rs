@@ -21,7 +21,7 @@ use crate::control::{self, ControlThread};
 use crate::discovery::AuthProvider;
 use crate::engine::{
     BatchAccumulator, BatchCompletion, BatchLimits, Callback, DeliveryReport, EngineConfig,
-    PendingBudget,
+    FramePool, PendingBudget,
 };
 use crate::error::Error;
 use crate::metrics::{MetricsRegistry, ProducerMetrics, ShardCounters};
@@ -307,6 +307,8 @@ impl Producer {
         } else {
             Vec::new()
         };
+        // One pool of frame buffers for all shards, as the pending budget is one for all.
+        let frames = Arc::new(FramePool::new(config.max_pending_bytes));
         let mut shards = Vec::with_capacity(config.shards);
         let mut threads = Vec::with_capacity(config.shards);
         let mut counters = Vec::with_capacity(config.shards);
@@ -328,6 +330,10 @@ impl Producer {
                     heartbeat_interval: config.heartbeat_interval,
                     heartbeat_timeout: config.heartbeat_timeout,
                     write_buffer_size: config.write_buffer_size,
+                    // Replies are ~40 bytes: 256 KiB holds thousands; the buffers are resident.
+                    read_buffer_size: config.read_buffer_size.clamp(4096, 256 << 10),
+                    inflight_capacity: (config.max_pending_messages / config.batching_max_messages)
+                        .clamp(16, 1 << 16),
                     compression: config.compression,
                     add_columns: add_columns.clone(),
                     seed: unique_tag() ^ index as u64,
@@ -336,13 +342,13 @@ impl Producer {
                 conn_timeout: config.conn_timeout,
                 socket_send_buffer_size: config.socket_send_buffer_size,
                 socket_recv_buffer_size: config.socket_recv_buffer_size,
-                read_buffer_size: config.read_buffer_size,
                 max_conn_lifetime: config.max_conn_lifetime,
                 conn_rotation: config.conn_rotation,
                 refresh_now: endpoints.discovery.as_ref().map(|_| refresh_now.clone()),
                 driver,
                 core: (config.shards <= cores.len()).then(|| cores[index]),
                 metrics: metrics.shard(index),
+                frames: frames.clone(),
             };
             counters.push(settings.metrics.counters.clone());
             let thread = shard::spawn(settings, shared.clone(), budget.clone())

@@ -8,10 +8,12 @@
 
 pub mod accumulator;
 pub mod budget;
+pub mod buffers;
 pub mod completion;
 pub mod shard_engine;
 
 pub use accumulator::{Appended, BatchAccumulator, BatchLimits, SealedBatch};
 pub use budget::PendingBudget;
+pub use buffers::FramePool;
 pub use completion::{BatchCompletion, BatchOutcome, Callback, DeliveryReport};
 pub use shard_engine::{ConnId, EngineConfig, EngineEvent, ShardEngine, Transmit};

@@ -157,7 +157,8 @@ impl FrameEncoder {
         TEXT_FRAME_OVERHEAD + wire_body + attr_len(header, count, compressed, add_columns)
     }
 
-    /// Appends the frame for `body` to `out`.
+    /// Appends the frame for `body` to `out`, growing `out` by exactly the frame's length when
+    /// it lacks the room.
     ///
     /// On error nothing is left in `out`: a frame over `max_frame_len` (`4 + totalLen`) is
     /// [`Error::TooLong`]; an empty body is [`Error::InvalidPayload`].
@@ -169,11 +170,29 @@ impl FrameEncoder {
         max_frame_len: usize,
         out: &mut Vec<u8>,
     ) -> Result<EncodedFrame, Error> {
+        self.encode_with(header, body, add_columns, max_frame_len, out, |out, len| {
+            out.reserve_exact(len);
+        })
+    }
+
+    /// [`FrameEncoder::encode`], with `make_room(out, frame_len)` called once, after compression
+    /// and before anything is written, to give `out` room for the whole frame: a caller can put
+    /// a pooled buffer of the right size in place of an empty `out` there. `out` must have that
+    /// room afterwards (it would otherwise grow as it is written).
+    pub fn encode_with(
+        &mut self,
+        header: &BatchHeader<'_>,
+        body: &BatchBody,
+        add_columns: &AddColumns,
+        max_frame_len: usize,
+        out: &mut Vec<u8>,
+        make_room: impl FnOnce(&mut Vec<u8>, usize),
+    ) -> Result<EncodedFrame, Error> {
         if body.is_empty() {
             return Err(Error::InvalidPayload { reason: "a batch needs at least one record" });
         }
         let start = out.len();
-        let result = self.encode_unchecked(header, body, add_columns, out);
+        let result = self.encode_unchecked(header, body, add_columns, out, make_room);
         match result {
             Ok(frame) if frame.frame_len <= max_frame_len => Ok(frame),
             Ok(frame) => {
@@ -193,21 +212,20 @@ impl FrameEncoder {
         body: &BatchBody,
         add_columns: &AddColumns,
         out: &mut Vec<u8>,
+        make_room: impl FnOnce(&mut Vec<u8>, usize),
     ) -> Result<EncodedFrame, Error> {
-        let start = out.len();
         let entries = body.entries();
         let compressed = self.compresses(entries.len());
-        out.extend_from_slice(&[0, 0, 0, 0, MSG_TYPE_MULTI_BODY, 0, 0, 0, 0]);
-        let body_start = out.len();
-        if compressed {
+        // Compressed first (into a scratch buffer that stays initialised between calls: zero-filling
+        // Snappy's worst case in `out` for every batch cost more, a `memset` of ~1.2x the body and
+        // ~5 % of a shard's CPU at 100 B records, than copying the compressed bytes), so the
+        // frame's exact size is known before anything is written: an empty `out` gets exactly
+        // that, and a frame kept in flight holds no slack.
+        let wire_body: &[u8] = if compressed {
             let bound = snap::raw::max_compress_len(entries.len());
             if bound == 0 {
                 return Err(Error::TooLong { frame_len: entries.len(), limit: u32::MAX as usize });
             }
-            // Compressed into a scratch buffer that stays initialised between calls, then copied:
-            // zero-filling Snappy's worst case in `out` for every batch cost more (a `memset`
-            // of ~1.2x the body, ~5 % of a shard's CPU at 100 B records) than copying the
-            // compressed bytes.
             if self.scratch.len() < bound {
                 self.scratch.resize(bound, 0);
             }
@@ -215,10 +233,16 @@ impl FrameEncoder {
                 self.snappy.compress(entries, &mut self.scratch[..bound]).map_err(|_| {
                     Error::TooLong { frame_len: entries.len(), limit: u32::MAX as usize }
                 })?;
-            out.extend_from_slice(&self.scratch[..written]);
+            &self.scratch[..written]
         } else {
-            out.extend_from_slice(entries);
-        }
+            entries
+        };
+        let attrs = attr_len(header, body.count(), compressed, add_columns);
+        make_room(out, TEXT_FRAME_OVERHEAD + wire_body.len() + attrs);
+        let start = out.len();
+        out.extend_from_slice(&[0, 0, 0, 0, MSG_TYPE_MULTI_BODY, 0, 0, 0, 0]);
+        let body_start = out.len();
+        out.extend_from_slice(wire_body);
         let wire_body_len = out.len() - body_start;
         out.extend_from_slice(&[0, 0, 0, 0]);
         let attr_start = out.len();
@@ -315,6 +339,7 @@ mod tests {
         let mut out = Vec::new();
         let frame = FrameEncoder::new().encode(&HEADER, &body, cols, usize::MAX, &mut out).unwrap();
         assert_eq!(frame.frame_len, out.len());
+        assert_eq!(out.capacity(), out.len(), "an empty buffer grows to the exact frame, once");
         (out, frame)
     }
 

@@ -22,7 +22,7 @@ pub use mailbox::{Command, ShardShared};
 pub use transport::{probe_driver, Driver};
 
 use crate::engine::PendingBudget;
-use crate::engine::{ConnId, EngineConfig, EngineEvent, SealedBatch, ShardEngine};
+use crate::engine::{ConnId, EngineConfig, EngineEvent, FramePool, SealedBatch, ShardEngine};
 use crate::error::{codes, Error};
 use crate::metrics::ShardMetrics;
 use endpoints::{EndpointPlan, SlotState};
@@ -35,6 +35,8 @@ pub struct ShardSettings {
     pub index: usize,
     /// The engine's settings.
     pub engine: EngineConfig,
+    /// The frame buffers all shards share.
+    pub frames: Arc<FramePool>,
     /// DataProxy nodes, in the order the Manager gave them.
     pub endpoints: Vec<SocketAddr>,
     /// Bound on each connect.
@@ -43,8 +45,6 @@ pub struct ShardSettings {
     pub socket_send_buffer_size: usize,
     /// `SO_RCVBUF`.
     pub socket_recv_buffer_size: usize,
-    /// Reply read buffer per connection.
-    pub read_buffer_size: usize,
     /// Replace connections older than this.
     pub max_conn_lifetime: Option<Duration>,
     /// Replace each connection after a random 30–80 s.
@@ -124,7 +124,12 @@ struct Shell {
 }
 
 async fn run(settings: ShardSettings, shared: Arc<ShardShared>, budget: Arc<PendingBudget>) {
-    let engine = ShardEngine::new(settings.engine.clone(), budget, settings.metrics.clone());
+    let engine = ShardEngine::new(
+        settings.engine.clone(),
+        budget,
+        settings.frames.clone(),
+        settings.metrics.clone(),
+    );
     let plan = EndpointPlan::new(settings.index, settings.endpoints.clone(), Instant::now());
     let mut shell = Shell {
         settings,

@@ -148,7 +148,6 @@ pub(super) struct SocketSettings {
     pub conn_timeout: std::time::Duration,
     pub send_buffer: usize,
     pub recv_buffer: usize,
-    pub read_buffer: usize,
 }
 
 impl From<&ShardSettings> for SocketSettings {
@@ -157,7 +156,6 @@ impl From<&ShardSettings> for SocketSettings {
             conn_timeout: settings.conn_timeout,
             send_buffer: settings.socket_send_buffer_size,
             recv_buffer: settings.socket_recv_buffer_size,
-            read_buffer: settings.read_buffer_size,
         }
     }
 }
@@ -198,7 +196,6 @@ pub(super) async fn connect(
         let reader = compio::runtime::spawn(read_loop(
             id,
             read_half,
-            settings.read_buffer.clamp(4096, 4 << 20),
             engine.clone(),
             shared.clone(),
             lost.clone(),
@@ -212,12 +209,12 @@ pub(super) async fn connect(
 async fn read_loop(
     id: ConnId,
     mut stream: TcpStream,
-    capacity: usize,
     engine: Rc<RefCell<ShardEngine>>,
     shared: Arc<ShardShared>,
     lost: Rc<RefCell<Vec<Lost>>>,
 ) {
-    let mut buf = Vec::with_capacity(capacity);
+    // From the shard's pool and back to it: reconnecting does not allocate a new buffer.
+    let mut buf = engine.borrow_mut().read_buffer();
     let reason = loop {
         buf.clear();
         let BufResult(result, returned) = stream.read(buf).await;
@@ -231,6 +228,7 @@ async fn read_loop(
             Err(error) => break format!("read failed: {error}"),
         }
     };
+    engine.borrow_mut().recycle_read_buffer(buf);
     lost.borrow_mut().push(Lost { conn: id, reason });
     shared.notify();
 }
@@ -265,6 +263,7 @@ async fn write_loop(
                 shared.notify();
             }
             Err(error) => {
+                engine.borrow_mut().recycle_write_buffer(bytes);
                 lost.borrow_mut().push(Lost { conn: id, reason: format!("write failed: {error}") });
                 shared.notify();
                 return;

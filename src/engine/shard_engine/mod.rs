@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use super::accumulator::SealedBatch;
 use super::budget::PendingBudget;
+use super::buffers::{BufferPool, FramePool};
 use super::completion::{BatchCompletion, BatchOutcome, Callback};
 use crate::error::Error;
 use crate::metrics::ShardMetrics;
@@ -32,17 +33,18 @@ pub type ConnId = u64;
 
 /// Server codes that mean "not accepted, safe to send again" (`PROTOCOL.md` §3.9).
 const RETRYABLE_SERVER_CODES: [i32; 4] = [1, 2, 3, 114];
-/// Frame-sized buffers a shard keeps for reuse. (Keeping a whole backlog's worth, 16 MiB per
-/// shard, was measured in the soak: the live heap grew by that much and RSS crept all the same.)
-const SPARE_BUFFERS: usize = 32;
-/// A buffer up to this capacity is reused for frames; larger ones are write buffers.
-const FRAME_BUFFER_MAX: usize = 128 << 10;
-/// Write buffers (a connection's coalesced frames) a shard keeps for reuse, apart from frame
-/// buffers: a large buffer no longer circulates as a frame buffer with its pages resident, and
-/// a busy connection's buffer is not mapped and unmapped on every write.
-const SPARE_WRITE_BUFFERS: usize = 2;
-/// The largest write buffer kept for reuse; one that grew past it during a backlog is freed.
-const WRITE_BUFFER_KEEP_MAX: usize = 4 << 20;
+/// The most frames coalesced into one write: a connection's write buffer has
+/// `min(write_buffer_size, WRITE_CHUNK_MAX)` bytes and never grows (one frame larger than that
+/// goes out alone), so a backlog is written in chunks of this size rather than through an ever
+/// larger buffer.
+const WRITE_CHUNK_MAX: usize = 256 << 10;
+/// Write buffers a shard keeps beside the two each connection holds (one being filled, one being
+/// written): enough for the connections that come and go while nodes restart, so a buffer whose
+/// pages a backlog touched is kept rather than freed and mapped again (the soak's RSS moved by
+/// megabytes with them).
+const SPARE_WRITE_BUFFERS: usize = 8;
+/// Reply read buffers a shard keeps for the connections it opens next.
+const SPARE_READ_BUFFERS: usize = 4;
 /// `SERVICE_CLOSED`: the node is going offline; stop using the connection.
 const SERVICE_CLOSED: i32 = 2;
 
@@ -71,8 +73,14 @@ pub struct EngineConfig {
     pub heartbeat_interval: Duration,
     /// Heartbeat reply deadline.
     pub heartbeat_timeout: Duration,
-    /// Bytes queued per connection before the engine stops assigning it batches.
+    /// `WriteBufferSize`: the most bytes queued in one connection's write buffer (capped at
+    /// 256 KiB: see [`ShardEngine::poll_transmit`]).
     pub write_buffer_size: usize,
+    /// `ReadBufferSize`: the capacity of each connection's reply read buffer.
+    pub read_buffer_size: usize,
+    /// Batches the in-flight table and the send queue are sized for up front (the pending
+    /// budget's worth of full batches), so that a backlog does not regrow them.
+    pub inflight_capacity: usize,
     /// Compress bodies over 256 bytes.
     pub compression: bool,
     /// Add-columns of every batch.
@@ -111,7 +119,6 @@ enum BatchState {
 
 struct Inflight {
     frame: Vec<u8>,
-    body: Option<BatchBody>,
     records: u32,
     payload_bytes: u64,
     completion: Arc<BatchCompletion>,
@@ -154,13 +161,14 @@ pub struct ShardEngine {
     budget: Arc<PendingBudget>,
     metrics: ShardMetrics,
     pending_records: u64,
-    batches: HashMap<u64, Inflight>,
+    batches: HashMap<u64, Box<Inflight>>,
     queue: VecDeque<u64>,
     backoffs: BinaryHeap<Reverse<(Instant, u64, u32)>>,
     conns: Vec<Conn>,
     events: VecDeque<EngineEvent>,
-    spare_buffers: Vec<Vec<u8>>,
-    spare_write_buffers: Vec<Vec<u8>>,
+    frames: Arc<FramePool>,
+    write_buffers: BufferPool,
+    read_buffers: BufferPool,
     spare_bodies: Vec<BatchBody>,
     next_batch: u64,
     rng: u64,
@@ -183,25 +191,32 @@ impl ShardEngine {
     pub fn new(
         config: EngineConfig,
         budget: Arc<PendingBudget>,
+        frames: Arc<FramePool>,
         metrics: ShardMetrics,
     ) -> ShardEngine {
         let mut encoder = FrameEncoder::new();
         encoder.set_compression(config.compression);
         let rng = config.seed | 1;
         let wid = config.wid;
+        let write_chunk = config.write_buffer_size.clamp(1, WRITE_CHUNK_MAX);
+        let write_buffers = BufferPool::new(write_chunk, SPARE_WRITE_BUFFERS);
+        let read_buffers = BufferPool::new(config.read_buffer_size.max(1), SPARE_READ_BUFFERS);
+        let inflight_capacity = config.inflight_capacity;
         ShardEngine {
             config,
             encoder,
             budget,
             metrics,
             pending_records: 0,
-            batches: HashMap::new(),
-            queue: VecDeque::new(),
+            // Room for four times the budget's worth of full batches (linger seals smaller ones).
+            batches: HashMap::with_capacity(inflight_capacity * 4),
+            queue: VecDeque::with_capacity(inflight_capacity),
             backoffs: BinaryHeap::new(),
             conns: Vec::new(),
             events: VecDeque::new(),
-            spare_buffers: Vec::new(),
-            spare_write_buffers: Vec::new(),
+            frames,
+            write_buffers,
+            read_buffers,
             spare_bodies: Vec::new(),
             // Batch IDs (and so `mid`s) are unique across the producer's shards.
             next_batch: (u64::from(wid) << 48) + 1,
@@ -248,23 +263,25 @@ impl ShardEngine {
             mid: &self.mid_buf,
             wid: self.config.wid,
         };
-        let mut frame = self.spare_buffers.pop().unwrap_or_default();
-        frame.clear();
-        // Snappy's worst case plus the header, once, instead of growing by doubling.
-        let body_len = batch.body.len();
-        frame.reserve(body_len + body_len / 6 + 1024);
         let records = batch.body.count();
         let payload_bytes = batch.body.payload_bytes() as u64;
-        let encoded = self.encoder.encode(
+        // The frame goes into a pooled buffer of its size class, chosen once its exact length
+        // is known (after compression).
+        let mut frame = Vec::new();
+        let frames = &self.frames;
+        let encoded = self.encoder.encode_with(
             &header,
             &batch.body,
             &self.config.add_columns,
             self.config.max_frame_len,
             &mut frame,
+            |out, len| *out = frames.take(len),
         );
-        let mut inflight = Inflight {
+        self.spare_bodies.push(batch.body);
+        // Boxed: the in-flight table then holds 16 bytes per batch, so growing it for a backlog
+        // of small batches moves little memory (it held ~270 bytes per batch inline).
+        let mut inflight = Box::new(Inflight {
             frame,
-            body: Some(batch.body),
             records,
             payload_bytes,
             completion: batch.completion,
@@ -276,10 +293,7 @@ impl ShardEngine {
             last_error: None,
             opened_at: batch.opened_at,
             stream_id: batch.stream_id,
-        };
-        if let Some(body) = inflight.body.take() {
-            self.spare_bodies.push(body);
-        }
+        });
         match encoded {
             Ok(_) => {
                 self.pending_records += u64::from(records);
@@ -292,6 +306,7 @@ impl ShardEngine {
                 // The accumulator keeps batches under the limit; a Manager that lowered it
                 // after the batch was opened can still make this happen.
                 finish(&mut inflight, Err(error), &self.budget, &self.metrics, now);
+                self.frames.give(std::mem::take(&mut inflight.frame));
             }
         }
     }
@@ -306,7 +321,7 @@ impl ShardEngine {
             drain_reason: "",
             doomed: false,
             writing: false,
-            out: self.spare_buffers.pop().unwrap_or_default(),
+            out: self.write_buffers.take(),
             read_buf: Vec::new(),
             sent: VecDeque::new(),
             heartbeats: VecDeque::new(),
@@ -354,7 +369,7 @@ impl ShardEngine {
         for id in retry.into_iter().rev() {
             self.retry_or_fail(now, id, cause.clone(), false);
         }
-        self.recycle(lost.out);
+        self.recycle_write_buffer(lost.out);
     }
 
     /// Bytes read from `conn`. A reply stream that cannot be decoded asks the shell to close
@@ -503,15 +518,18 @@ impl ShardEngine {
             .count()
     }
 
-    /// Bytes to write next, if any: every queued batch that has a connection is framed into its
-    /// connection's buffer, and one connection's whole buffer is handed out at a time.
+    /// Bytes to write next, if any: queued batches are framed into their connections' write
+    /// buffers, and one connection's whole buffer is handed out at a time.
+    ///
+    /// A write buffer holds at most `min(write_buffer_size, 256 KiB)` bytes and never grows
+    /// (a single frame larger than that is written alone): batches beyond what the buffers hold
+    /// wait in the engine's queue, where they can still go to any connection, and the same few
+    /// buffers circulate however large a backlog gets.
     pub fn poll_transmit(&mut self, now: Instant) -> Option<Transmit> {
         self.assign_queued(now);
         let conn = self.conns.iter_mut().find(|c| !c.writing && !c.out.is_empty())?;
         conn.writing = true;
-        let spare = self.spare_write_buffers.pop();
-        let spare = spare.or_else(|| self.spare_buffers.pop()).unwrap_or_default();
-        let bytes = std::mem::replace(&mut conn.out, spare);
+        let bytes = std::mem::replace(&mut conn.out, self.write_buffers.take());
         Some(Transmit { conn: conn.id, bytes })
     }
 
@@ -521,8 +539,11 @@ impl ShardEngine {
                 self.queue.pop_front();
                 continue;
             };
-            let usable =
-                |c: &Conn| !c.draining && !c.doomed && c.out.len() < self.config.write_buffer_size;
+            let room = self.write_buffers.capacity();
+            let frame_len = batch.frame.len();
+            let usable = |c: &Conn| {
+                !c.draining && !c.doomed && (c.out.is_empty() || c.out.len() + frame_len <= room)
+            };
             let choice = self
                 .conns
                 .iter()
@@ -548,23 +569,24 @@ impl ShardEngine {
             c.writing = false;
             c.last_write = now;
         }
-        self.recycle(bytes);
+        self.recycle_write_buffer(bytes);
     }
 
-    /// Keeps a buffer for reuse: up to [`SPARE_BUFFERS`] frame-sized ones and
-    /// [`SPARE_WRITE_BUFFERS`] write buffers of at most [`WRITE_BUFFER_KEEP_MAX`]; the rest is
-    /// freed, so what is kept is bounded (2 x 4 MiB + 32 x 128 KiB per shard at most).
-    fn recycle(&mut self, mut buffer: Vec<u8>) {
-        buffer.clear();
-        if buffer.capacity() <= FRAME_BUFFER_MAX {
-            if self.spare_buffers.len() < SPARE_BUFFERS {
-                self.spare_buffers.push(buffer);
-            }
-        } else if self.spare_write_buffers.len() < SPARE_WRITE_BUFFERS
-            && buffer.capacity() <= WRITE_BUFFER_KEEP_MAX
-        {
-            self.spare_write_buffers.push(buffer);
-        }
+    /// A reply read buffer for a new connection, of `read_buffer_size` bytes. Give it back with
+    /// [`ShardEngine::recycle_read_buffer`] when the connection ends.
+    pub fn read_buffer(&mut self) -> Vec<u8> {
+        self.read_buffers.take()
+    }
+
+    /// Keeps a connection's read buffer for the next connection (a few are kept).
+    pub fn recycle_read_buffer(&mut self, buffer: Vec<u8>) {
+        drop(self.read_buffers.give(buffer));
+    }
+
+    /// Keeps a write buffer for reuse (a few of the pool's size are kept; one that grew for an
+    /// oversized frame is freed). The shell gives back here a buffer whose write failed.
+    pub fn recycle_write_buffer(&mut self, buffer: Vec<u8>) {
+        drop(self.write_buffers.give(buffer));
     }
 
     /// The next instant [`ShardEngine::handle_timeout`] must run at.
@@ -758,7 +780,7 @@ impl ShardEngine {
             self.metrics.inflight_delta(-1);
             self.metrics.pending.sub(i64::from(batch.records));
             finish(&mut batch, outcome, &self.budget, &self.metrics, now);
-            self.recycle(std::mem::take(&mut batch.frame));
+            self.frames.give(std::mem::take(&mut batch.frame));
         }
     }
 }

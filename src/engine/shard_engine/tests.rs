@@ -25,6 +25,8 @@ fn config() -> EngineConfig {
         heartbeat_interval: Duration::from_secs(60),
         heartbeat_timeout: Duration::from_secs(10),
         write_buffer_size: 8 << 20,
+        read_buffer_size: 4096,
+        inflight_capacity: 16,
         compression: true,
         add_columns: AddColumns::default(),
         seed: 7,
@@ -48,6 +50,7 @@ impl Harness {
             engine: ShardEngine::new(
                 config,
                 budget.clone(),
+                Arc::new(FramePool::new(1 << 20)),
                 crate::metrics::ShardMetrics::detached(),
             ),
             budget,
@@ -164,6 +167,58 @@ fn several_ready_batches_are_coalesced_into_one_write() {
         h.engine.on_bytes(h.now, 1, chunk);
     }
     assert!(batches.iter().all(|b| matches!(outcome(b), Some(Ok(_)))));
+}
+
+#[test]
+fn write_buffers_never_grow_past_the_write_buffer_size() {
+    let mut h = Harness::new(EngineConfig { write_buffer_size: 1000, ..config() });
+    h.engine.add_conn(h.now, 1, ep(1));
+    let small: Vec<_> = (0..40).map(|_| h.batch(1)).collect();
+    // One batch whose frame alone is larger than a write buffer (incompressible body).
+    let mut body = BatchBody::new();
+    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+    let big: Vec<u8> = (0..3000)
+        .map(|_| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            (rng >> 24) as u8
+        })
+        .collect();
+    assert!(h.budget.try_acquire(1));
+    body.push(&big).unwrap();
+    let large = BatchCompletion::new();
+    let sealed = SealedBatch {
+        stream_id: "s".into(),
+        body,
+        completion: large.clone(),
+        callbacks: Vec::new(),
+        opened_at: h.now,
+    };
+    h.engine.enqueue(h.now, sealed, 1_700_000_000_000);
+    let mut frames = 0;
+    let mut writes = 0;
+    while let Some(transmit) = h.engine.poll_transmit(h.now) {
+        writes += 1;
+        let mut at = 0;
+        let mut in_write = 0;
+        while let Some(len) = protocol::split_frame(&transmit.bytes[at..], usize::MAX).unwrap() {
+            h.engine.on_bytes(h.now, 1, &reply(&transmit.bytes[at..at + len], None, true));
+            at += len;
+            in_write += 1;
+        }
+        if transmit.bytes.len() > 1000 {
+            assert_eq!(in_write, 1, "only a frame larger than the buffer is written alone");
+        } else {
+            assert_eq!(transmit.bytes.capacity(), 1000, "write buffers keep their size");
+        }
+        frames += in_write;
+        h.engine.write_done(h.now, transmit.conn, transmit.bytes);
+    }
+    assert_eq!(frames, 41);
+    assert!(writes > 4, "41 frames of over 100 bytes take several 1000-byte writes");
+    assert!(small.iter().chain([&large]).all(|b| matches!(outcome(b), Some(Ok(_)))));
+    assert_eq!(h.engine.inflight(), 0);
 }
 
 #[test]
