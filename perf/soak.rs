@@ -39,6 +39,9 @@ static HEAP_BYTES: AtomicUsize = AtomicUsize::new(0);
 /// The same, by allocation size: entry `k` counts allocations of `2^(k-1)` to `2^k - 1` bytes.
 /// Printed with each sample, it tells which buffers a growth comes from.
 static HEAP_BY_SIZE: [AtomicUsize; 64] = [const { AtomicUsize::new(0) }; 64];
+/// Allocations made so far, by the same size classes: their rate is the allocator churn that
+/// fragments its arenas (the hot path should make none per record, and few per batch).
+static ALLOCS_BY_SIZE: [AtomicUsize; 64] = [const { AtomicUsize::new(0) }; 64];
 
 /// The [`HEAP_BY_SIZE`] entry of an allocation of `size` bytes.
 fn size_class(size: usize) -> usize {
@@ -49,6 +52,7 @@ fn count(size: usize, delta: isize) {
     if delta > 0 {
         HEAP_BYTES.fetch_add(size, Ordering::Relaxed);
         HEAP_BY_SIZE[size_class(size)].fetch_add(size, Ordering::Relaxed);
+        ALLOCS_BY_SIZE[size_class(size)].fetch_add(1, Ordering::Relaxed);
     } else {
         HEAP_BYTES.fetch_sub(size, Ordering::Relaxed);
         HEAP_BY_SIZE[size_class(size)].fetch_sub(size, Ordering::Relaxed);
@@ -110,6 +114,23 @@ fn heap_by_size() -> String {
             #[allow(clippy::cast_precision_loss)]
             let mb = bytes as f64 / (1024.0 * 1024.0);
             out.push_str(&format!(" <2^{class}:{mb:.1}"));
+        }
+    }
+    out
+}
+
+/// Allocations per second since `last` (updated to now), by size class, the classes with over
+/// 100/s: `<2^8:4100` is 4 100 allocations/s of 128 to 255 bytes.
+fn alloc_rates(last: &mut [usize; 64], seconds: f64) -> String {
+    let mut out = String::new();
+    for (class, (count, last)) in ALLOCS_BY_SIZE.iter().zip(last.iter_mut()).enumerate() {
+        let count = count.load(Ordering::Relaxed);
+        // Counts far below 2^52.
+        #[allow(clippy::cast_precision_loss)]
+        let rate = (count - *last) as f64 / seconds;
+        *last = count;
+        if rate > 100.0 {
+            out.push_str(&format!(" <2^{class}:{rate:.0}"));
         }
     }
     out
@@ -253,6 +274,9 @@ fn steady_range(samples: &[Sample], value: impl Fn(&Sample) -> f64) -> (f64, f64
 struct Sample {
     at_secs: f64,
     producer_rss_mb: f64,
+    /// The anonymous part of the RSS (heap, stacks, rings); the rest is mostly the binary's
+    /// pages, faulted in as code runs for the first time.
+    producer_anon_mb: f64,
     producer_heap_mb: f64,
     server_rss_mb: f64,
     inflight_batches: u64,
@@ -380,6 +404,8 @@ fn run() -> Result<bool, String> {
         std::thread::spawn(move || drive_faults(server, started, end, &faults))
     };
     let mut next_sample = started + Duration::from_secs(10);
+    let mut last_sample = started;
+    let mut last_allocs = [0usize; 64];
     let mut samples: Vec<Sample> = Vec::new();
     let mut sent: u64 = 0;
     while Instant::now() < end {
@@ -403,22 +429,26 @@ fn run() -> Result<bool, String> {
             let sample = Sample {
                 at_secs: started.elapsed().as_secs_f64(),
                 producer_rss_mb: status_mb("self", "VmRSS"),
+                producer_anon_mb: status_mb("self", "RssAnon"),
                 producer_heap_mb: heap_mb(),
                 server_rss_mb: status_mb(&server_pid, "VmRSS"),
                 inflight_batches: stats.inflight_batches,
             };
             eprintln!(
-                "t={:>4.0}s sent={sent} acked={} failed={} in_flight_batches={} rss_mb={:.1} heap_mb={:.1} server_rss_mb={:.1} faults={} heap_mb_by_size:{}",
+                "t={:>4.0}s sent={sent} acked={} failed={} in_flight_batches={} rss_mb={:.1} anon_mb={:.1} heap_mb={:.1} server_rss_mb={:.1} faults={} heap_mb_by_size:{} allocs_per_s_by_size:{}",
                 sample.at_secs,
                 stats.records_acked,
                 stats.records_failed,
                 stats.inflight_batches,
                 sample.producer_rss_mb,
+                sample.producer_anon_mb,
                 sample.producer_heap_mb,
                 sample.server_rss_mb,
                 faults.load(Ordering::Relaxed),
                 heap_by_size(),
+                alloc_rates(&mut last_allocs, now.duration_since(last_sample).as_secs_f64()),
             );
+            last_sample = now;
             samples.push(sample);
         }
         std::thread::sleep(Duration::from_millis(1));
@@ -436,11 +466,12 @@ fn run() -> Result<bool, String> {
 
     let (low, high) = steady_range(&samples, |s| s.producer_rss_mb);
     let (heap_low, heap_high) = steady_range(&samples, |s| s.producer_heap_mb);
+    let (anon_low, anon_high) = steady_range(&samples, |s| s.producer_anon_mb);
     let rss_growth = if low > 0.0 { (high - low) / low } else { 0.0 };
     let (server_low, server_high) = steady_range(&samples, |s| s.server_rss_mb);
     let max_inflight = samples.iter().map(|s| s.inflight_batches).max().unwrap_or(0);
     println!(
-        "soak minutes={minutes} rate={rate} sent={sent} acked={} failed={} server_records={server_records} faults={faults} rss_mb_min={low:.1} rss_mb_max={high:.1} rss_spread={:.1}% heap_mb_min={heap_low:.1} heap_mb_max={heap_high:.1} server_rss_mb_min={server_low:.1} server_rss_mb_max={server_high:.1} max_inflight_batches={max_inflight} flushed={}",
+        "soak minutes={minutes} rate={rate} sent={sent} acked={} failed={} server_records={server_records} faults={faults} rss_mb_min={low:.1} rss_mb_max={high:.1} rss_spread={:.1}% anon_mb_min={anon_low:.1} anon_mb_max={anon_high:.1} heap_mb_min={heap_low:.1} heap_mb_max={heap_high:.1} server_rss_mb_min={server_low:.1} server_rss_mb_max={server_high:.1} max_inflight_batches={max_inflight} flushed={}",
         stats.records_acked,
         stats.records_failed,
         rss_growth * 100.0,

@@ -126,12 +126,18 @@ impl FramePool {
         self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// An empty buffer for a frame of `len` bytes: a kept one of its size class (or of the next
-    /// class up, at most 1/8 larger), or a new one with the class's capacity.
+    /// An empty buffer for a frame of `len` bytes: a kept one of its size class or of one of the
+    /// [`CLASSES_PER_OCTAVE`] classes above (the smallest there is, at most twice the class's
+    /// capacity), or a new one with the class's capacity.
+    ///
+    /// Reaching up an octave keeps frames whose sizes drift (batches sealed by linger) on the
+    /// buffers the pool has instead of allocating new ones and freeing kept ones: with only the
+    /// next class up, the soak made a new frame buffer for one batch in 200.
     pub fn take(&self, len: usize) -> Vec<u8> {
         let (class, capacity) = frame_class(len);
         let mut pool = self.lock();
-        let kept = (class..class + 2).find_map(|c| pool.classes.get_mut(c).and_then(Vec::pop));
+        let kept = (class..=class + CLASSES_PER_OCTAVE)
+            .find_map(|c| pool.classes.get_mut(c).and_then(Vec::pop));
         let capacity = kept.as_ref().map_or(capacity, Vec::capacity);
         pool.kept -= kept.as_ref().map_or(0, Vec::capacity);
         pool.in_use += capacity;
@@ -294,5 +300,20 @@ mod tests {
             backlog.into_iter().for_each(|b| pool.give(b));
             assert!(pool.kept_bytes() <= 100 * 2304);
         }
+    }
+
+    #[test]
+    fn frame_pool_serves_smaller_frames_from_kept_buffers_up_to_an_octave_above() {
+        let pool = FramePool::new(1 << 30);
+        let kept: Vec<_> = (0..4).map(|_| pool.take(4000)).collect();
+        kept.into_iter().for_each(|b| pool.give(b));
+        assert_eq!(pool.kept_bytes(), 4 * 4096);
+        // 2100 bytes: class 2304, and 4096 is within the octave above.
+        let drifted = pool.take(2100);
+        assert_eq!(drifted.capacity(), 4096, "a kept buffer, not a new one");
+        // 1500 bytes: class 1536; 4096 is more than an octave above, so a new buffer.
+        let small = pool.take(1500);
+        assert_eq!(small.capacity(), 1536);
+        assert_eq!(pool.kept_bytes(), 3 * 4096);
     }
 }

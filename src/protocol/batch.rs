@@ -78,6 +78,11 @@ impl BatchBody {
         self.count = 0;
         self.payload_bytes = 0;
     }
+
+    /// Bytes the body can hold before it grows.
+    pub fn capacity(&self) -> usize {
+        self.entries.capacity()
+    }
 }
 
 /// The per-batch attribute values the engine decides (§2.4).
