@@ -101,7 +101,7 @@ pub struct ProducerConfig {
     /// `BufferPoolSize` (409600): accepted for parity with Go, where it sizes a pool of byte
     /// slices. Here each shard's pools are sized by the other settings: frame buffers up to
     /// what its backlogs held in flight (all shards together at most `max_pending_bytes`),
-    /// fixed-size write and read buffers, and up to 64 spare batch bodies.
+    /// fixed-size write and read buffers, and up to 1 MiB of spare batch bodies.
     pub buffer_pool_size: usize,
     /// `MetricsName`: the `name` label of every metric (`dataproxy-rust`).
     pub metrics_name: String,
