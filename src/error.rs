@@ -153,8 +153,9 @@ pub enum Error {
     ConnectionLost {
         /// The node.
         endpoint: SocketAddr,
-        /// Why.
-        reason: String,
+        /// Why (shared by every batch the connection carried: one allocation per loss, not one
+        /// per batch).
+        reason: std::sync::Arc<str>,
     },
     /// Writing a batch failed.
     #[error("write to {endpoint} failed: {reason}")]

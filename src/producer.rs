@@ -309,12 +309,17 @@ impl Producer {
         };
         // One pool of frame buffers for all shards, as the pending budget is one for all.
         let frames = Arc::new(FramePool::new(config.max_pending_bytes));
+        // Full batches the pending budget holds: what the queues are sized for up front.
+        let inflight_capacity =
+            (config.max_pending_messages / config.batching_max_messages).clamp(16, 1 << 16);
         let mut shards = Vec::with_capacity(config.shards);
         let mut threads = Vec::with_capacity(config.shards);
         let mut counters = Vec::with_capacity(config.shards);
         let refresh_now = Arc::new(tokio::sync::Notify::new());
         for index in 0..config.shards {
-            let shared = Arc::new(ShardShared::new(BatchAccumulator::new(limits)));
+            let mut accumulator = BatchAccumulator::new(limits);
+            accumulator.reserve_sealed(inflight_capacity);
+            let shared = Arc::new(ShardShared::new(accumulator));
             let settings = ShardSettings {
                 index,
                 engine: EngineConfig {
@@ -332,8 +337,7 @@ impl Producer {
                     write_buffer_size: config.write_buffer_size,
                     // Replies are ~40 bytes: 256 KiB holds thousands; the buffers are resident.
                     read_buffer_size: config.read_buffer_size.clamp(4096, 256 << 10),
-                    inflight_capacity: (config.max_pending_messages / config.batching_max_messages)
-                        .clamp(16, 1 << 16),
+                    inflight_capacity,
                     compression: config.compression,
                     add_columns: add_columns.clone(),
                     seed: unique_tag() ^ index as u64,

@@ -313,6 +313,17 @@ impl BatchAccumulator {
         self.open.values().map(|batch| batch.opened_at + self.limits.linger).min()
     }
 
+    /// Gives the queue of sealed batches room for `batches` up front, its pages resident (see
+    /// [`resident_vec`](super::buffers::resident_vec)): a backlog of sealed batches then does not
+    /// grow it by doubling.
+    pub fn reserve_sealed(&mut self, batches: usize) {
+        if self.sealed.capacity() < batches {
+            let mut sealed = super::buffers::resident_vec(batches);
+            sealed.append(&mut self.sealed);
+            self.sealed = sealed;
+        }
+    }
+
     /// Moves the sealed batches into `out`.
     pub fn take_sealed(&mut self, out: &mut Vec<SealedBatch>) {
         out.append(&mut self.sealed);

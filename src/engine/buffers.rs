@@ -1,9 +1,10 @@
 //! Byte buffers a shard keeps for reuse, so that its memory after the first backlog stays flat.
 //!
 //! - [`BufferPool`]: buffers of one fixed capacity (the write buffer a connection's frames are
-//!   coalesced into, the reply read buffer). Every buffer it hands out has exactly the pool's
-//!   capacity and the engine never grows one, so a backlog neither reallocates a buffer through
-//!   doubling sizes nor gives one back to the allocator.
+//!   coalesced into, the reply read buffer), allocated when the shard starts. Every buffer it
+//!   hands out has exactly the pool's capacity and the engine never grows one, so a backlog
+//!   neither reallocates a buffer through doubling sizes nor gives one back to the allocator.
+//! - [`resident_vec`]: queues sized for the worst backlog up front, their pages resident.
 //! - [`FramePool`]: the encoded frames held in flight until their acks, in size classes, one
 //!   pool for all shards; what the worst backlog held is kept for the next one.
 //!
@@ -21,12 +22,30 @@ pub struct BufferPool {
     capacity: usize,
     keep: usize,
     spare: Vec<Vec<u8>>,
+    /// Buffers handed out and not given back.
+    out: usize,
 }
 
 impl BufferPool {
-    /// A pool of buffers of `capacity` bytes that keeps at most `keep` of them.
+    /// A pool of buffers of `capacity` bytes, holding `keep` of them from the start (written
+    /// through once, so their pages are resident). Buffers handed out plus buffers kept stay
+    /// at `keep` whenever no more than that are in use at once: a buffer given back beyond that
+    /// is freed, so after a peak the pool shrinks back to where it started.
     pub fn new(capacity: usize, keep: usize) -> BufferPool {
-        BufferPool { capacity, keep, spare: Vec::with_capacity(keep) }
+        let spare = (0..keep).map(|_| Self::resident(capacity)).collect();
+        BufferPool { capacity, keep, spare, out: 0 }
+    }
+
+    /// A new empty buffer of `capacity` bytes whose pages are all resident: written through
+    /// once. Otherwise the process RSS creeps up for as long as buffers get filled a little
+    /// deeper than before (the soak saw it), where this way it is flat from the start.
+    fn resident(capacity: usize) -> Vec<u8> {
+        // Not `vec![0; n]`: that is `calloc`, whose fresh pages stay unmapped until written.
+        #[allow(clippy::slow_vector_initialization)]
+        let mut buffer = Vec::with_capacity(capacity);
+        buffer.resize(capacity, 0);
+        buffer.clear();
+        buffer
     }
 
     /// The capacity of every buffer of this pool.
@@ -35,26 +54,17 @@ impl BufferPool {
     }
 
     /// An empty buffer of the pool's capacity: a kept one, or a new one.
-    ///
-    /// A new buffer is written through once (zeros) before it is handed out, so all its pages
-    /// are resident from the start: otherwise the process RSS creeps up for as long as buffers
-    /// get filled a little deeper than before (the soak saw it), where this way it is flat once
-    /// the pool has its buffers.
     pub fn take(&mut self) -> Vec<u8> {
-        self.spare.pop().unwrap_or_else(|| {
-            // Not `vec![0; n]`: that is `calloc`, whose fresh pages stay unmapped until written.
-            #[allow(clippy::slow_vector_initialization)]
-            let mut buffer = Vec::with_capacity(self.capacity);
-            buffer.resize(self.capacity, 0);
-            buffer.clear();
-            buffer
-        })
+        self.out += 1;
+        self.spare.pop().unwrap_or_else(|| Self::resident(self.capacity))
     }
 
-    /// Keeps `buffer` (emptied) when it has the pool's capacity and the pool is not full.
-    /// Otherwise hands it back, for the caller to use elsewhere or drop.
+    /// Keeps `buffer` (emptied) when it has the pool's capacity and the pool holds fewer than
+    /// `keep` buffers, counting those handed out. Otherwise hands it back, for the caller to use
+    /// elsewhere or drop.
     pub fn give(&mut self, mut buffer: Vec<u8>) -> Option<Vec<u8>> {
-        if buffer.capacity() != self.capacity || self.spare.len() >= self.keep {
+        self.out = self.out.saturating_sub(1);
+        if buffer.capacity() != self.capacity || self.spare.len() + self.out >= self.keep {
             return Some(buffer);
         }
         buffer.clear();
@@ -66,6 +76,18 @@ impl BufferPool {
     pub fn spare(&self) -> usize {
         self.spare.len()
     }
+}
+
+/// An empty vector with room for `capacity` items, its memory written through once so that its
+/// pages are resident from the start: a queue sized for the worst backlog then does not add to
+/// the RSS, page after page, each time a backlog goes a little deeper than before.
+pub fn resident_vec<T>(capacity: usize) -> Vec<T> {
+    let mut vec = Vec::with_capacity(capacity);
+    for slot in vec.spare_capacity_mut() {
+        *slot = std::mem::MaybeUninit::zeroed();
+    }
+    std::hint::black_box(&mut vec);
+    vec
 }
 
 /// Frames up to this length share the smallest size class.
@@ -188,8 +210,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn hands_out_exact_capacity_and_keeps_a_bounded_number() {
+    fn holds_keep_buffers_from_the_start_and_shrinks_back_after_a_peak() {
         let mut pool = BufferPool::new(1024, 2);
+        assert_eq!(pool.spare(), 2, "filled up front");
         let mut a = pool.take();
         assert_eq!(a.capacity(), 1024);
         a.extend_from_slice(b"abc");
@@ -198,12 +221,16 @@ mod tests {
         let again = pool.take();
         assert_eq!(again.as_ptr(), pointer, "the kept block is handed out again");
         assert!(again.is_empty(), "kept buffers are emptied");
+        // A peak of four in use: two new buffers.
         let b = pool.take();
         let c = pool.take();
-        assert!(pool.give(again).is_none());
-        assert!(pool.give(b).is_none());
-        assert!(pool.give(c).is_some(), "a third buffer is not kept");
-        assert_eq!(pool.spare(), 2);
+        let d = pool.take();
+        assert_eq!(pool.spare(), 0);
+        assert!(pool.give(again).is_some(), "four in use: not kept");
+        assert!(pool.give(b).is_some(), "three in use: not kept");
+        assert!(pool.give(c).is_none(), "two in use: kept");
+        assert!(pool.give(d).is_none());
+        assert_eq!(pool.spare(), 2, "back to where it started");
     }
 
     #[test]
@@ -212,8 +239,16 @@ mod tests {
         let mut grown = pool.take();
         grown.extend_from_slice(&[0; 2048]);
         assert!(pool.give(grown).is_some(), "a buffer that grew past the class is not kept");
+        assert_eq!(pool.spare(), 3);
         assert!(pool.give(Vec::with_capacity(16)).is_some());
-        assert_eq!(pool.spare(), 0);
+        assert_eq!(pool.spare(), 3);
+    }
+
+    #[test]
+    fn resident_vecs_have_their_room_and_nothing_in_it() {
+        let vec: Vec<(u64, u32)> = resident_vec(1000);
+        assert!(vec.is_empty());
+        assert!(vec.capacity() >= 1000);
     }
 
     #[test]

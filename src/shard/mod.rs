@@ -131,6 +131,7 @@ async fn run(settings: ShardSettings, shared: Arc<ShardShared>, budget: Arc<Pend
         settings.metrics.clone(),
     );
     let plan = EndpointPlan::new(settings.index, settings.endpoints.clone(), Instant::now());
+    let sealed = crate::engine::buffers::resident_vec(settings.engine.inflight_capacity);
     let mut shell = Shell {
         settings,
         engine: Rc::new(RefCell::new(engine)),
@@ -143,7 +144,7 @@ async fn run(settings: ShardSettings, shared: Arc<ShardShared>, budget: Arc<Pend
         lost: Rc::default(),
         connected: Rc::default(),
         next_conn: 1,
-        sealed: Vec::new(),
+        sealed,
     };
     shell.main_loop().await;
     shell.shutdown();

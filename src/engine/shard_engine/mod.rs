@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use super::accumulator::SealedBatch;
 use super::budget::PendingBudget;
-use super::buffers::{BufferPool, FramePool};
+use super::buffers::{resident_vec, BufferPool, FramePool};
 use super::completion::{BatchCompletion, BatchOutcome, Callback};
 use crate::error::Error;
 use crate::metrics::ShardMetrics;
@@ -38,13 +38,24 @@ const RETRYABLE_SERVER_CODES: [i32; 4] = [1, 2, 3, 114];
 /// goes out alone), so a backlog is written in chunks of this size rather than through an ever
 /// larger buffer.
 const WRITE_CHUNK_MAX: usize = 256 << 10;
-/// Write buffers a shard keeps beside the two each connection holds (one being filled, one being
-/// written): enough for the connections that come and go while nodes restart, so a buffer whose
-/// pages a backlog touched is kept rather than freed and mapped again (the soak's RSS moved by
-/// megabytes with them).
+/// Write buffers a shard holds from its start, in use (two per connection: one being filled,
+/// one being written) or kept: enough for four connections, so connections that come and go
+/// while nodes restart take kept buffers rather than new ones (the soak's RSS moved by
+/// megabytes with them), and the memory is there from the start instead of arriving with the
+/// first connections that need it.
 const SPARE_WRITE_BUFFERS: usize = 8;
-/// Reply read buffers a shard keeps for the connections it opens next.
-const SPARE_READ_BUFFERS: usize = 4;
+/// Reply read buffers a shard holds, in use or kept for the connections it opens next.
+const SPARE_READ_BUFFERS: usize = 3;
+/// In-flight entries a shard keeps for reuse: more than it has in flight at a steady rate
+/// (20-120 batches in the soak), so steady sending allocates none. Keeping a whole backlog's
+/// worth (thousands) was measured in the soak: the live heap then kept growing for minutes as
+/// bursts filled the spares.
+const SPARE_INFLIGHT: usize = 256;
+/// Lost connections' reply buffers and queues a shard keeps for the next connections.
+const SPARE_CONN_PARTS: usize = 4;
+
+/// A connection's partial-reply buffer, sent-batch queue and heartbeat queue.
+type ConnParts = (Vec<u8>, VecDeque<(u64, u32)>, VecDeque<Instant>);
 /// `SERVICE_CLOSED`: the node is going offline; stop using the connection.
 const SERVICE_CLOSED: i32 = 2;
 
@@ -170,6 +181,14 @@ pub struct ShardEngine {
     write_buffers: BufferPool,
     read_buffers: BufferPool,
     spare_bodies: Vec<BatchBody>,
+    /// Emptied in-flight entries, reused for new batches (see [`ShardEngine::enqueue`]): the
+    /// boxes themselves, which go back into the table as they are.
+    #[allow(clippy::vec_box)]
+    spare_inflight: Vec<Box<Inflight>>,
+    /// What an emptied in-flight entry holds in place of its batch's completion.
+    idle_completion: Arc<BatchCompletion>,
+    /// A lost connection's reply buffer and queues, for the next connection.
+    spare_conn_parts: Vec<ConnParts>,
     next_batch: u64,
     rng: u64,
     mid_buf: String,
@@ -210,14 +229,18 @@ impl ShardEngine {
             pending_records: 0,
             // Room for four times the budget's worth of full batches (linger seals smaller ones).
             batches: HashMap::with_capacity(inflight_capacity * 4),
-            queue: VecDeque::with_capacity(inflight_capacity),
-            backoffs: BinaryHeap::new(),
+            // Sized for a full budget of full batches, pages resident (see `resident_vec`).
+            queue: VecDeque::from(resident_vec(inflight_capacity)),
+            backoffs: BinaryHeap::from(resident_vec(inflight_capacity)),
             conns: Vec::new(),
             events: VecDeque::new(),
             frames,
             write_buffers,
             read_buffers,
             spare_bodies: Vec::new(),
+            spare_inflight: Vec::new(),
+            idle_completion: BatchCompletion::new(),
+            spare_conn_parts: Vec::new(),
             // Batch IDs (and so `mid`s) are unique across the producer's shards.
             next_batch: (u64::from(wid) << 48) + 1,
             rng,
@@ -279,8 +302,10 @@ impl ShardEngine {
         );
         self.spare_bodies.push(batch.body);
         // Boxed: the in-flight table then holds 16 bytes per batch, so growing it for a backlog
-        // of small batches moves little memory (it held ~270 bytes per batch inline).
-        let mut inflight = Box::new(Inflight {
+        // of small batches moves little memory (it held ~270 bytes per batch inline). The boxes
+        // are reused: a backlog's thousands of entries are not allocated again at every burst,
+        // interleaved with everything else the shard allocates then.
+        let entry = Inflight {
             frame,
             records,
             payload_bytes,
@@ -293,7 +318,14 @@ impl ShardEngine {
             last_error: None,
             opened_at: batch.opened_at,
             stream_id: batch.stream_id,
-        });
+        };
+        let mut inflight = match self.spare_inflight.pop() {
+            Some(mut spare) => {
+                *spare = entry;
+                spare
+            }
+            None => Box::new(entry),
+        };
         match encoded {
             Ok(_) => {
                 self.pending_records += u64::from(records);
@@ -307,6 +339,7 @@ impl ShardEngine {
                 // after the batch was opened can still make this happen.
                 finish(&mut inflight, Err(error), &self.budget, &self.metrics, now);
                 self.frames.give(std::mem::take(&mut inflight.frame));
+                self.recycle_inflight(inflight);
             }
         }
     }
@@ -327,6 +360,12 @@ impl ShardEngine {
             heartbeats: VecDeque::new(),
             last_write: now,
         });
+        let conn = self.conns.last_mut().expect("just pushed");
+        match self.spare_conn_parts.pop() {
+            Some(parts) => (conn.read_buf, conn.sent, conn.heartbeats) = parts,
+            // Room for a full budget of batches on this one connection from the start.
+            None => conn.sent = VecDeque::from(resident_vec(self.config.inflight_capacity)),
+        }
     }
 
     /// Makes `conn` the preferred connection for new batches (the shard's primary).
@@ -350,7 +389,7 @@ impl ShardEngine {
     pub fn conn_lost(&mut self, now: Instant, conn: ConnId, reason: &str) {
         let Some(index) = self.conns.iter().position(|c| c.id == conn) else { return };
         let lost = self.conns.remove(index);
-        let cause = Error::ConnectionLost { endpoint: lost.endpoint, reason: reason.to_owned() };
+        let cause = Error::ConnectionLost { endpoint: lost.endpoint, reason: reason.into() };
         let window = self.config.send_timeout.saturating_mul(1 + self.config.max_retries);
         // Oldest first, so the retries keep their order at the front of the queue.
         let mut retry = Vec::new();
@@ -370,6 +409,16 @@ impl ShardEngine {
             self.retry_or_fail(now, id, cause.clone(), false);
         }
         self.recycle_write_buffer(lost.out);
+        // The next connection takes over this one's queues as they grew (a backlog's worth),
+        // instead of growing new ones by doubling while a burst of batches is being allocated.
+        if self.spare_conn_parts.len() < SPARE_CONN_PARTS {
+            let (mut read_buf, mut sent, mut heartbeats) =
+                (lost.read_buf, lost.sent, lost.heartbeats);
+            read_buf.clear();
+            sent.clear();
+            heartbeats.clear();
+            self.spare_conn_parts.push((read_buf, sent, heartbeats));
+        }
     }
 
     /// Bytes read from `conn`. A reply stream that cannot be decoded asks the shell to close
@@ -781,7 +830,22 @@ impl ShardEngine {
             self.metrics.pending.sub(i64::from(batch.records));
             finish(&mut batch, outcome, &self.budget, &self.metrics, now);
             self.frames.give(std::mem::take(&mut batch.frame));
+            self.recycle_inflight(batch);
         }
+    }
+
+    /// Keeps a resolved batch's entry for the next batch, emptied of everything that refers to
+    /// the batch (its completion, stream and error are let go now, not at reuse). At most
+    /// [`SPARE_INFLIGHT`] are kept.
+    fn recycle_inflight(&mut self, mut entry: Box<Inflight>) {
+        if self.spare_inflight.len() >= SPARE_INFLIGHT {
+            return;
+        }
+        entry.completion = self.idle_completion.clone();
+        entry.stream_id = StreamId::from("");
+        entry.last_error = None;
+        entry.callbacks.clear();
+        self.spare_inflight.push(entry);
     }
 }
 

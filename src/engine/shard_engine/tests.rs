@@ -523,3 +523,48 @@ fn backoff_doubles_with_jitter_and_is_capped() {
         );
     }
 }
+
+#[test]
+fn resolved_entries_are_reused_and_hold_nothing_of_their_batch() {
+    let mut h = Harness::new(config());
+    h.engine.add_conn(h.now, 1, ep(1));
+    let first = h.batch(3);
+    let sent = h.transmit();
+    let frame = &sent[0].1[0];
+    h.engine.on_bytes(h.now, 1, &reply(frame, None, true));
+    assert!(matches!(outcome(&first), Some(Ok(_))));
+    assert_eq!(Arc::strong_count(&first), 1, "the kept entry let go of the batch's completion");
+    assert_eq!(h.engine.spare_inflight.len(), 1);
+    let kept: *const Inflight = &*h.engine.spare_inflight[0];
+    // The next batch goes into the same box, and is delivered like any other.
+    let second = h.batch(2);
+    assert!(h.engine.spare_inflight.is_empty());
+    assert!(std::ptr::eq(h.engine.batches.values().next().unwrap().as_ref(), kept));
+    let sent = h.transmit();
+    h.engine.on_bytes(h.now, 1, &reply(&sent[0].1[0], None, true));
+    assert!(matches!(outcome(&second), Some(Ok(BatchOutcome { .. }))));
+    assert_eq!(h.engine.inflight(), 0);
+}
+
+#[test]
+fn a_lost_connections_queues_go_to_the_next_connection() {
+    let mut h = Harness::new(config());
+    h.engine.add_conn(h.now, 1, ep(1));
+    let batches: Vec<_> = (0..20).map(|_| h.batch(1)).collect();
+    h.transmit();
+    let grown = h.engine.conns[0].sent.capacity();
+    assert!(grown >= 20);
+    h.engine.conn_lost(h.now, 1, "reset");
+    h.engine.add_conn(h.now, 2, ep(2));
+    let conn = &h.engine.conns[0];
+    assert_eq!(conn.sent.capacity(), grown, "the queue is taken over, not grown again");
+    assert!(conn.sent.is_empty() && conn.heartbeats.is_empty() && conn.read_buf.is_empty());
+    // The lost batches were retried on the new connection and are delivered there.
+    for (conn, frames) in h.transmit() {
+        assert_eq!(conn, 2);
+        for frame in frames {
+            h.engine.on_bytes(h.now, 2, &reply(&frame, None, true));
+        }
+    }
+    assert!(batches.iter().all(|b| matches!(outcome(b), Some(Ok(_)))));
+}
