@@ -695,7 +695,16 @@ impl ShardEngine {
         for id in due.into_iter().rev() {
             self.queue.push_front(id);
         }
-        // A batch that found no connection for a whole send timeout counts as a failed attempt.
+        // A batch that found no connection for a whole send timeout counts as a failed attempt:
+        // `NoEndpoints` when the shard has no usable connection, `AckTimeout` from the preferred
+        // one when it has one whose write buffer stayed full (the node, or this shard, did not
+        // keep up with the writes: the batch was waiting for that node all along).
+        let busy = self.conns.iter().find(|c| !c.draining && !c.doomed).map(|c| c.endpoint);
+        let send_timeout = self.config.send_timeout;
+        let queue_cause = move || match busy {
+            Some(endpoint) => Error::AckTimeout { endpoint, timeout: send_timeout },
+            None => Error::NoEndpoints,
+        };
         while let Some(&id) = self.queue.front() {
             let Some(batch) = self.batches.get(&id) else {
                 self.queue.pop_front();
@@ -707,7 +716,7 @@ impl ShardEngine {
                     if let Some(batch) = self.batches.get_mut(&id) {
                         batch.attempts += 1;
                     }
-                    self.retry_or_fail(now, id, Error::NoEndpoints, true);
+                    self.retry_or_fail(now, id, queue_cause(), true);
                 }
                 _ => break,
             }

@@ -417,6 +417,27 @@ fn batches_wait_for_a_connection_but_not_forever() {
 }
 
 #[test]
+fn batches_behind_a_write_that_never_ends_time_out_as_ack_timeouts_from_that_node() {
+    // Write buffers of 1000 bytes: the first write takes what fits, the rest waits in the queue
+    // behind it; the write never completes (a node that stopped reading).
+    let mut h = Harness::new(EngineConfig { max_retries: 0, write_buffer_size: 1000, ..config() });
+    h.engine.add_conn(h.now, 1, ep(1));
+    let batches: Vec<_> = (0..40).map(|_| h.batch(1)).collect();
+    let stuck = h.engine.poll_transmit(h.now).expect("a first write");
+    assert!(h.engine.poll_transmit(h.now).is_none(), "one write at a time per connection");
+    h.run_until(h.now + SEND_TIMEOUT + Duration::from_millis(1));
+    for batch in &batches {
+        let err = outcome(batch).expect("every batch resolved").unwrap_err();
+        assert!(
+            matches!(&err, Error::SendTimeout { last_error: Some(cause), .. }
+                if matches!(**cause, Error::AckTimeout { endpoint, .. } if endpoint == ep(1))),
+            "{err:?}"
+        );
+    }
+    drop(stuck);
+}
+
+#[test]
 fn idle_connections_heartbeat_and_a_missing_reply_closes_them() {
     let mut h = Harness::new(config());
     h.engine.add_conn(h.now, 1, ep(1));
