@@ -41,11 +41,7 @@ impl BufferPool {
     /// deeper than before (the soak saw it), where this way it is flat from the start.
     fn resident(capacity: usize) -> Vec<u8> {
         // Not `vec![0; n]`: that is `calloc`, whose fresh pages stay unmapped until written.
-        #[allow(clippy::slow_vector_initialization)]
-        let mut buffer = Vec::with_capacity(capacity);
-        buffer.resize(capacity, 0);
-        buffer.clear();
-        buffer
+        resident_vec(capacity)
     }
 
     /// The capacity of every buffer of this pool.
@@ -323,7 +319,7 @@ mod tests {
         assert!(second.iter().all(|b| b.capacity() == 2304), "no kept buffer fits: new ones");
         second.into_iter().for_each(|b| pool.give(b));
         assert_eq!(pool.kept_bytes(), 100 * 2304, "the new mix replaced the old one");
-        // A frame one class below the kept ones takes one (at most 1/8 larger).
+        // A frame one class below the kept ones takes one (one class up).
         let near = pool.take(2000);
         assert_eq!(near.capacity(), 2304);
         assert_eq!(pool.kept_bytes(), 99 * 2304);

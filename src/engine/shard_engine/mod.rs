@@ -347,6 +347,15 @@ impl ShardEngine {
     /// A connection to `endpoint` is ready to carry batches. Connections added first are
     /// preferred.
     pub fn add_conn(&mut self, now: Instant, conn: ConnId, endpoint: SocketAddr) {
+        // A lost connection's queues, or new ones with room for a full budget of batches on
+        // this one connection from the start.
+        let (read_buf, sent, heartbeats) = self.spare_conn_parts.pop().unwrap_or_else(|| {
+            (
+                Vec::new(),
+                VecDeque::from(resident_vec(self.config.inflight_capacity)),
+                VecDeque::new(),
+            )
+        });
         self.conns.push(Conn {
             id: conn,
             endpoint,
@@ -355,17 +364,11 @@ impl ShardEngine {
             doomed: false,
             writing: false,
             out: self.write_buffers.take(),
-            read_buf: Vec::new(),
-            sent: VecDeque::new(),
-            heartbeats: VecDeque::new(),
+            read_buf,
+            sent,
+            heartbeats,
             last_write: now,
         });
-        let conn = self.conns.last_mut().expect("just pushed");
-        match self.spare_conn_parts.pop() {
-            Some(parts) => (conn.read_buf, conn.sent, conn.heartbeats) = parts,
-            // Room for a full budget of batches on this one connection from the start.
-            None => conn.sent = VecDeque::from(resident_vec(self.config.inflight_capacity)),
-        }
     }
 
     /// Makes `conn` the preferred connection for new batches (the shard's primary).

@@ -65,10 +65,15 @@ impl Harness {
 
     /// Like `batch`, for a batch opened at `opened_at`.
     fn batch_opened_at(&mut self, records: u32, opened_at: Instant) -> Arc<BatchCompletion> {
+        self.batch_of(&vec![&b"x"[..]; records as usize], opened_at)
+    }
+
+    /// Enqueues a batch of these records, opened at `opened_at`, and returns its completion.
+    fn batch_of(&mut self, records: &[&[u8]], opened_at: Instant) -> Arc<BatchCompletion> {
         let mut body = BatchBody::new();
-        for _ in 0..records {
+        for record in records {
             assert!(self.budget.try_acquire(1));
-            body.push(b"x").unwrap();
+            body.push(record).unwrap();
         }
         let completion = BatchCompletion::new();
         let sealed = SealedBatch {
@@ -175,7 +180,6 @@ fn write_buffers_never_grow_past_the_write_buffer_size() {
     h.engine.add_conn(h.now, 1, ep(1));
     let small: Vec<_> = (0..40).map(|_| h.batch(1)).collect();
     // One batch whose frame alone is larger than a write buffer (incompressible body).
-    let mut body = BatchBody::new();
     let mut rng = 0x9e37_79b9_7f4a_7c15u64;
     let big: Vec<u8> = (0..3000)
         .map(|_| {
@@ -185,17 +189,7 @@ fn write_buffers_never_grow_past_the_write_buffer_size() {
             (rng >> 24) as u8
         })
         .collect();
-    assert!(h.budget.try_acquire(1));
-    body.push(&big).unwrap();
-    let large = BatchCompletion::new();
-    let sealed = SealedBatch {
-        stream_id: "s".into(),
-        body,
-        completion: large.clone(),
-        callbacks: Vec::new(),
-        opened_at: h.now,
-    };
-    h.engine.enqueue(h.now, sealed, 1_700_000_000_000);
+    let large = h.batch_of(&[&big], h.now);
     let mut frames = 0;
     let mut writes = 0;
     while let Some(transmit) = h.engine.poll_transmit(h.now) {
