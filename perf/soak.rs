@@ -2,7 +2,7 @@
 //! gets stuck.
 //!
 //! ```text
-//! cargo run --release --example soak -- [--minutes 10] [--rate 1500000] [--size 100]
+//! cargo run --release --example soak -- [--minutes 10] [--rate 1500000] [--size 100] [--trace-large]
 //! ```
 //!
 //! The two local DataProxy nodes run in a separate process, `inlong-dataproxy serve --nodes 2
@@ -23,11 +23,13 @@
 //! process ends on any path (the pipe closes); dropping [`ServerProcess`] also kills it.
 
 use std::alloc::{GlobalAlloc, Layout, System};
+use std::backtrace::Backtrace;
+use std::cell::Cell;
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -46,6 +48,68 @@ static ALLOCS_BY_SIZE: [AtomicUsize; 64] = [const { AtomicUsize::new(0) }; 64];
 /// The [`HEAP_BY_SIZE`] entry of an allocation of `size` bytes.
 fn size_class(size: usize) -> usize {
     (usize::BITS - size.leading_zeros()) as usize
+}
+
+/// Set after the warm-up with `--trace-large`: allocations of [`TRACE_MIN`] bytes or more
+/// record their backtrace, printed at the end (resolving symbols takes tens of MB, which would
+/// show in the RSS checked here). Release builds carry line tables (`Cargo.toml`).
+static TRACE_LARGE: AtomicBool = AtomicBool::new(false);
+/// The smallest allocation `--trace-large` records.
+const TRACE_MIN: usize = 32 << 10;
+/// What `--trace-large` recorded: when, how many bytes, from where.
+static TRACES: Mutex<Vec<(Instant, usize, Backtrace)>> = Mutex::new(Vec::new());
+
+thread_local! {
+    /// True while this thread records a backtrace, whose own allocations are not traced.
+    static TRACING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// With `--trace-small`, one allocation of 64 to 511 bytes in [`SMALL_SAMPLE`] is recorded too
+/// (during the whole run): where the per-batch allocations come from.
+static TRACE_SMALL: AtomicBool = AtomicBool::new(false);
+/// Small allocations seen, for sampling.
+static SMALL_SEEN: AtomicUsize = AtomicUsize::new(0);
+/// One small allocation in this many is recorded by `--trace-small`.
+const SMALL_SAMPLE: usize = 4999;
+
+/// Records where an allocation of `size` bytes comes from, when tracing is on.
+fn trace(size: usize) {
+    let small = (64..512).contains(&size)
+        && TRACE_SMALL.load(Ordering::Relaxed)
+        && SMALL_SEEN.fetch_add(1, Ordering::Relaxed) % SMALL_SAMPLE == 0;
+    if !small && (size < TRACE_MIN || !TRACE_LARGE.load(Ordering::Relaxed)) {
+        return;
+    }
+    let _ = TRACING.try_with(|tracing| {
+        if tracing.replace(true) {
+            return;
+        }
+        let backtrace = Backtrace::force_capture();
+        if let Ok(mut traces) = TRACES.lock() {
+            traces.push((Instant::now(), size, backtrace));
+        }
+        tracing.set(false);
+    });
+}
+
+/// Prints the allocations `--trace-large` recorded, with the frames from this crate.
+fn print_traces(started: Instant) {
+    TRACE_LARGE.store(false, Ordering::Relaxed);
+    let Ok(traces) = TRACES.lock() else { return };
+    eprintln!("{} large allocation(s) after the warm-up", traces.len());
+    for (at, size, backtrace) in traces.iter() {
+        let text = backtrace.to_string();
+        let ours: Vec<&str> = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| {
+                l.contains("inlong_dataproxy::") || l.contains("compio") || l.contains("std::")
+            })
+            .take(8)
+            .collect();
+        let at = at.duration_since(started).as_secs_f64();
+        eprintln!("t={at:.0}s {size} bytes: {}", ours.join(" "));
+    }
 }
 
 fn count(size: usize, delta: isize) {
@@ -71,6 +135,7 @@ unsafe impl GlobalAlloc for CountingAlloc {
         let ptr = unsafe { System.alloc(layout) };
         if !ptr.is_null() {
             count(layout.size(), 1);
+            trace(layout.size());
         }
         ptr
     }
@@ -87,6 +152,7 @@ unsafe impl GlobalAlloc for CountingAlloc {
         if !new.is_null() {
             count(new_size, 1);
             count(layout.size(), -1);
+            trace(new_size);
         }
         new
     }
@@ -408,7 +474,13 @@ fn run() -> Result<bool, String> {
     let mut last_allocs = [0usize; 64];
     let mut samples: Vec<Sample> = Vec::new();
     let mut sent: u64 = 0;
+    let trace_large = std::env::args().any(|a| a == "--trace-large");
+    let trace_small = std::env::args().any(|a| a == "--trace-small");
+    TRACE_SMALL.store(trace_small, Ordering::Relaxed);
     while Instant::now() < end {
+        if trace_large && started.elapsed() >= WARM_UP {
+            TRACE_LARGE.store(true, Ordering::Relaxed);
+        }
         // Pace: send what is due by now, in chunks.
         let due = (started.elapsed().as_secs_f64() * rate as f64) as u64;
         while sent < due {
@@ -452,6 +524,10 @@ fn run() -> Result<bool, String> {
             samples.push(sample);
         }
         std::thread::sleep(Duration::from_millis(1));
+    }
+    if trace_large || trace_small {
+        TRACE_SMALL.store(false, Ordering::Relaxed);
+        print_traces(started);
     }
     let (mut server, refused_commands) =
         fault_thread.join().map_err(|_| "the fault thread panicked".to_owned())?;

@@ -319,6 +319,7 @@ impl Producer {
         for index in 0..config.shards {
             let mut accumulator = BatchAccumulator::new(limits);
             accumulator.reserve_sealed(inflight_capacity);
+            accumulator.keep_completions(inflight_capacity);
             let shared = Arc::new(ShardShared::new(accumulator));
             let settings = ShardSettings {
                 index,

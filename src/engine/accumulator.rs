@@ -22,7 +22,7 @@ use crate::record::StreamId;
 /// Spare bodies kept per shard, at most: enough for the batches sealed between two wake-ups of a
 /// busy shard (bodies come back only when it takes the next sealed ones). With 64 the soak
 /// allocated and freed a body for one batch in 40 at 2 M records/s, which fragments the heap.
-const SPARE_BODIES: usize = 1024;
+pub(crate) const SPARE_BODIES: usize = 1024;
 /// Bytes of spare bodies kept per shard, at most (1 MiB: 25 bodies of the default 40 KiB
 /// `batching_max_size`, 200 of the soak's 5 KiB). With 4 MiB the spares kept filling up for
 /// minutes after the warm-up (live heap +2 MB in the soak), which is growth of its own.
@@ -144,6 +144,10 @@ pub struct BatchAccumulator {
     open: HashMap<StreamId, OpenBatch, BuildHasherDefault<StreamHasher>>,
     sealed: Vec<SealedBatch>,
     spare_bodies: Vec<BatchBody>,
+    /// Emptied completions for new batches (see [`BatchAccumulator::keep_completions`]).
+    spare_completions: Vec<Arc<BatchCompletion>>,
+    /// How many emptied completions are kept, at most.
+    completions_kept: usize,
     /// Capacity of the spare bodies, in bytes.
     spare_bytes: usize,
     /// Length of the last body sealed: the capacity new bodies start with.
@@ -169,6 +173,8 @@ impl BatchAccumulator {
             open: HashMap::default(),
             sealed: Vec::new(),
             spare_bodies: Vec::new(),
+            spare_completions: Vec::new(),
+            completions_kept: 0,
             spare_bytes: 0,
             last_body_len: 0,
             closed: false,
@@ -236,7 +242,7 @@ impl BatchAccumulator {
         };
         let batch = self.open.entry(stream_id.clone()).or_insert(OpenBatch {
             body,
-            completion: BatchCompletion::new(),
+            completion: self.spare_completions.pop().unwrap_or_default(),
             callbacks: Vec::new(),
             opened_at: clock(),
             max_body_len,
@@ -324,9 +330,38 @@ impl BatchAccumulator {
         }
     }
 
-    /// Moves the sealed batches into `out`.
+    /// Creates `batches` completions up front and keeps up to that many emptied ones for new
+    /// batches ([`BatchAccumulator::recycle_completion`]): a backlog of that many batches then
+    /// allocates none, and the memory is there from the start rather than left behind, spread
+    /// over the allocator's arenas, by the first bursts that needed it.
+    pub fn keep_completions(&mut self, batches: usize) {
+        self.spare_completions = super::buffers::resident_vec(batches);
+        self.spare_completions.extend((0..batches).map(|_| BatchCompletion::new()));
+        self.completions_kept = batches;
+    }
+
+    /// Gives back a completion emptied by [`BatchCompletion::reuse`]; kept while fewer than
+    /// [`BatchAccumulator::keep_completions`] are, freed otherwise.
+    pub fn recycle_completion(&mut self, completion: Arc<BatchCompletion>) {
+        debug_assert!(Arc::strong_count(&completion) == 1 && !completion.is_resolved());
+        if self.spare_completions.len() < self.completions_kept {
+            self.spare_completions.push(completion);
+        }
+    }
+
+    /// Emptied completions kept for new batches.
+    pub fn spare_completions(&self) -> usize {
+        self.spare_completions.len()
+    }
+
+    /// Moves the sealed batches into `out`. An empty `out` is swapped with the queue, so the
+    /// two vectors take turns and neither grows by taking the other's batches.
     pub fn take_sealed(&mut self, out: &mut Vec<SealedBatch>) {
-        out.append(&mut self.sealed);
+        if out.is_empty() {
+            std::mem::swap(&mut self.sealed, out);
+        } else {
+            out.append(&mut self.sealed);
+        }
     }
 
     /// Gives an emptied body back for reuse: kept while the spares hold at most
@@ -500,5 +535,23 @@ mod tests {
         assert_eq!(acc.spare_bodies(), 3);
         acc.recycle(BatchBody::with_capacity(SPARE_BODY_BYTES / 4));
         assert_eq!(acc.spare_bodies(), 4);
+    }
+
+    #[test]
+    fn completions_made_up_front_are_used_by_new_batches_and_kept_up_to_their_number() {
+        let mut acc = BatchAccumulator::new(limits());
+        acc.keep_completions(2);
+        assert_eq!(acc.spare_completions(), 2);
+        let first = acc.append(Instant::now(), &stream("a"), b"x", &mut None).unwrap();
+        let joined = acc.append(Instant::now(), &stream("a"), b"y", &mut None).unwrap();
+        assert!(Arc::ptr_eq(&first.completion, &joined.completion), "one per batch");
+        assert_eq!(acc.spare_completions(), 1, "the new batch took a spare");
+        acc.append(Instant::now(), &stream("b"), b"x", &mut None).unwrap();
+        acc.append(Instant::now(), &stream("c"), b"x", &mut None).unwrap();
+        assert_eq!(acc.spare_completions(), 0, "then allocated");
+        for _ in 0..3 {
+            acc.recycle_completion(BatchCompletion::new());
+        }
+        assert_eq!(acc.spare_completions(), 2, "no more kept than made up front");
     }
 }

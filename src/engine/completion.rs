@@ -75,6 +75,21 @@ impl BatchCompletion {
         Arc::new(BatchCompletion::default())
     }
 
+    /// Empties a resolved completion for another batch when nothing else holds it (no
+    /// [`DeliveryFuture`](crate::DeliveryFuture) of its records is alive); false, leaving it
+    /// as it is, otherwise. A completion is never shared by two batches: a future can only be
+    /// made from a batch's completion before the batch is sealed, and this one holds the last
+    /// reference.
+    pub fn reuse(this: &mut Arc<BatchCompletion>) -> bool {
+        match Arc::get_mut(this) {
+            Some(state) => {
+                *state = BatchCompletion::default();
+                true
+            }
+            None => false,
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, Vec<Waker>> {
         self.wakers.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -155,5 +170,18 @@ mod tests {
         assert_eq!(counter.0.load(Ordering::SeqCst), 1);
         assert_eq!(completion.poll_outcome(&mut cx), Poll::Ready(Ok(outcome)));
         assert_eq!(outcome.report(5).metadata, 5);
+    }
+
+    #[test]
+    fn only_a_completion_nobody_else_holds_is_reused() {
+        let mut completion = BatchCompletion::new();
+        let future_side = completion.clone();
+        assert!(completion.resolve(Err(Error::ProducerClosed)));
+        assert!(!BatchCompletion::reuse(&mut completion), "a future still holds it");
+        assert!(completion.is_resolved(), "left as it was");
+        drop(future_side);
+        assert!(BatchCompletion::reuse(&mut completion));
+        assert!(!completion.is_resolved(), "emptied for the next batch");
+        assert!(completion.resolve(Err(Error::ProducerClosed)), "and resolvable again");
     }
 }

@@ -17,7 +17,7 @@ mod reply;
 
 pub use attrs::{validate_id, validate_payload, AddColumns, RESERVED_ATTR_KEYS};
 pub use batch::{BatchBody, BatchHeader, EncodedFrame, FrameEncoder};
-pub use reply::{decode_reply, split_frame, BatchReply, FrameError, Reply};
+pub use reply::{decode_reply, frame_len, split_frame, BatchReply, FrameError, Reply};
 
 /// Message type of the Go SDK's heartbeat (`MSG_HEARTBEAT`).
 pub const MSG_TYPE_HEARTBEAT: u8 = 1;

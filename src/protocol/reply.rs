@@ -42,6 +42,13 @@ pub enum FrameError {
 /// `Ok(None)` when more bytes are needed, and an error as soon as the length field announces a
 /// frame over `max_frame_len` or one without a type byte — without waiting for its bytes.
 pub fn split_frame(buf: &[u8], max_frame_len: usize) -> Result<Option<usize>, FrameError> {
+    Ok(frame_len(buf, max_frame_len)?.filter(|&len| buf.len() >= len))
+}
+
+/// The length of the frame starting at `buf` (length field included), known as soon as its
+/// 4-byte length field is in (`Ok(None)` before); checked as in [`split_frame`]. A reader
+/// completing a partial frame takes exactly the bytes it still misses.
+pub fn frame_len(buf: &[u8], max_frame_len: usize) -> Result<Option<usize>, FrameError> {
     if buf.len() < 4 {
         return Ok(None);
     }
@@ -54,8 +61,7 @@ pub fn split_frame(buf: &[u8], max_frame_len: usize) -> Result<Option<usize>, Fr
         return Err(FrameError::TooShort { frame_len: 4, msg_type: 0 });
     }
     // frame_len <= max_frame_len, so it fits in usize.
-    let frame_len = usize::try_from(frame_len).unwrap_or(usize::MAX);
-    Ok((buf.len() >= frame_len).then_some(frame_len))
+    Ok(Some(usize::try_from(frame_len).unwrap_or(usize::MAX)))
 }
 
 /// A decoded reply frame.
@@ -295,7 +301,10 @@ mod tests {
         let frame = reply_frame("mid=1");
         for cut in 0..frame.len() {
             assert_eq!(split_frame(&frame[..cut], 65_536), Ok(None), "cut {cut}");
+            let known = (cut >= 4).then_some(frame.len());
+            assert_eq!(frame_len(&frame[..cut], 65_536), Ok(known), "cut {cut}");
         }
+        assert_eq!(frame_len(&[0, 0, 0xff, 0xfc], 65_536), Ok(Some(65_536)));
         assert_eq!(
             split_frame(&[0, 1, 0, 0], 65_536),
             Err(FrameError::TooLong { frame_len: 65_540, limit: 65_536 })

@@ -106,28 +106,29 @@ impl EndpointPlan {
     /// The node each slot should use: slot `k` prefers node `shard + k` of the list; a
     /// quarantined node is replaced by the next usable one not already chosen, then by any usable
     /// one (two connections to one node beat one to a dead node), then kept if nothing is usable.
-    fn desired(&self, now: Instant) -> Vec<SocketAddr> {
+    fn desired(&self, now: Instant) -> [Option<SocketAddr>; 2] {
         let n = self.endpoints.len();
         let usable = |e: SocketAddr| !self.quarantined(e, now);
-        let mut out: Vec<SocketAddr> = Vec::with_capacity(2);
+        // An array, not a Vec: the shard asks on every turn of its loop.
+        let mut out = [None; 2];
         for k in 0..n.min(2) {
             let ring = || (0..n).map(move |step| self.endpoints[(self.shard + k + step) % n]);
             let preferred = self.endpoints[(self.shard + k) % n];
             let pick = ring()
-                .find(|&e| usable(e) && !out.contains(&e))
+                .find(|&e| usable(e) && !out.contains(&Some(e)))
                 .or_else(|| ring().find(|&e| usable(e)))
                 .unwrap_or(preferred);
-            out.push(pick);
+            out[k] = Some(pick);
         }
         out
     }
 
     /// The node slot `k` should use now.
     fn best_for(&self, k: usize, now: Instant) -> SocketAddr {
-        let desired = self.desired(now);
-        desired
+        self.desired(now)
             .get(k)
             .copied()
+            .flatten()
             .unwrap_or_else(|| self.endpoints[(self.shard + k) % self.endpoints.len()])
     }
 
@@ -246,7 +247,7 @@ impl EndpointPlan {
             if slot.state == SlotState::Connecting {
                 continue;
             }
-            let Some(&want) = desired.get(k) else {
+            let Some(want) = desired.get(k).copied().flatten() else {
                 out.push(k);
                 continue;
             };

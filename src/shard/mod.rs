@@ -228,8 +228,12 @@ impl Shell {
             let mut accumulator = self.shared.accumulator();
             accumulator.seal_expired(now);
             accumulator.take_sealed(&mut self.sealed);
-            for body in self.engine.borrow_mut().take_spare_bodies() {
+            let mut engine = self.engine.borrow_mut();
+            for body in engine.take_spare_bodies() {
                 accumulator.recycle(body);
+            }
+            for completion in engine.take_spare_completions() {
+                accumulator.recycle_completion(completion);
             }
             accumulator.next_deadline()
         };

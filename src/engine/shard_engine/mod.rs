@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::accumulator::SealedBatch;
+use super::accumulator::{SealedBatch, SPARE_BODIES};
 use super::budget::PendingBudget;
 use super::buffers::{resident_vec, BufferPool, FramePool};
 use super::completion::{BatchCompletion, BatchOutcome, Callback};
@@ -46,13 +46,18 @@ const WRITE_CHUNK_MAX: usize = 256 << 10;
 const SPARE_WRITE_BUFFERS: usize = 8;
 /// Reply read buffers a shard holds, in use or kept for the connections it opens next.
 const SPARE_READ_BUFFERS: usize = 3;
-/// In-flight entries a shard keeps for reuse: more than it has in flight at a steady rate
-/// (20-120 batches in the soak), so steady sending allocates none. Keeping a whole backlog's
-/// worth (thousands) was measured in the soak: the live heap then kept growing for minutes as
-/// bursts filled the spares.
-const SPARE_INFLIGHT: usize = 256;
 /// Lost connections' reply buffers and queues a shard keeps for the next connections.
 const SPARE_CONN_PARTS: usize = 4;
+/// Connections' reply buffers and queues a shard creates at its start: its two connections
+/// and a third that replaces one of them before it is retired (a node back after a restart).
+/// Created later, the third appeared minutes into the soak, 128 KiB at once.
+const START_CONN_PARTS: usize = 3;
+/// The send queue, the backoff heap and each connection's sent-batch queue have room for this
+/// many times the
+/// pending budget's worth of full batches: batches sealed by linger hold fewer records, and
+/// in the soak one shard held more than a budget's worth of full batches (the other shard's
+/// node was down and its records acked, leaving it the whole budget).
+const QUEUE_SLACK: usize = 2;
 
 /// A connection's partial-reply buffer, sent-batch queue and heartbeat queue.
 type ConnParts = (Vec<u8>, VecDeque<(u64, u32)>, VecDeque<Instant>);
@@ -89,8 +94,10 @@ pub struct EngineConfig {
     pub write_buffer_size: usize,
     /// `ReadBufferSize`: the capacity of each connection's reply read buffer.
     pub read_buffer_size: usize,
-    /// Batches the in-flight table and the send queue are sized for up front (the pending
-    /// budget's worth of full batches), so that a backlog does not regrow them.
+    /// The pending budget's worth of full batches: in-flight entries for that many are made at
+    /// the start and kept, and the in-flight table and queues are sized for it up front (the
+    /// queues for [`QUEUE_SLACK`] times as many), so that a backlog neither regrows them nor
+    /// allocates per batch.
     pub inflight_capacity: usize,
     /// Compress bodies over 256 bytes.
     pub compression: bool,
@@ -184,7 +191,14 @@ pub struct ShardEngine {
     /// Emptied in-flight entries, reused for new batches (see [`ShardEngine::enqueue`]): the
     /// boxes themselves, which go back into the table as they are.
     #[allow(clippy::vec_box)]
+    /// Created at the start for the pending budget's worth of full batches
+    /// (`inflight_capacity`) and kept at most that many: a backlog allocates none. (Created as
+    /// bursts needed them instead, the spares kept growing for minutes in the soak, and freed
+    /// after each burst they left the allocator's arenas fragmented, the RSS up by megabytes.)
     spare_inflight: Vec<Box<Inflight>>,
+    /// Completions emptied for reuse ([`BatchCompletion::reuse`]), on their way back to the
+    /// accumulator with the next sealed batches.
+    spare_completions: Vec<Arc<BatchCompletion>>,
     /// What an emptied in-flight entry holds in place of its batch's completion.
     idle_completion: Arc<BatchCompletion>,
     /// A lost connection's reply buffer and queues, for the next connection.
@@ -221,6 +235,12 @@ impl ShardEngine {
         let write_buffers = BufferPool::new(write_chunk, SPARE_WRITE_BUFFERS);
         let read_buffers = BufferPool::new(config.read_buffer_size.max(1), SPARE_READ_BUFFERS);
         let inflight_capacity = config.inflight_capacity;
+        let spare_conn_parts =
+            (0..START_CONN_PARTS).map(|_| Self::new_conn_parts(inflight_capacity)).collect();
+        let idle_completion = BatchCompletion::new();
+        let mut spare_inflight = resident_vec(inflight_capacity);
+        spare_inflight
+            .extend((0..inflight_capacity).map(|_| Box::new(Inflight::idle(&idle_completion))));
         ShardEngine {
             config,
             encoder,
@@ -229,23 +249,34 @@ impl ShardEngine {
             pending_records: 0,
             // Room for four times the budget's worth of full batches (linger seals smaller ones).
             batches: HashMap::with_capacity(inflight_capacity * 4),
-            // Sized for a full budget of full batches, pages resident (see `resident_vec`).
-            queue: VecDeque::from(resident_vec(inflight_capacity)),
-            backoffs: BinaryHeap::from(resident_vec(inflight_capacity)),
+            // Sized for twice a full budget of full batches, pages resident (see `resident_vec`).
+            queue: VecDeque::from(resident_vec(inflight_capacity * QUEUE_SLACK)),
+            backoffs: BinaryHeap::from(resident_vec(inflight_capacity * QUEUE_SLACK)),
             conns: Vec::new(),
             events: VecDeque::new(),
             frames,
             write_buffers,
             read_buffers,
-            spare_bodies: Vec::new(),
-            spare_inflight: Vec::new(),
-            idle_completion: BatchCompletion::new(),
-            spare_conn_parts: Vec::new(),
+            spare_bodies: Vec::with_capacity(SPARE_BODIES),
+            spare_inflight,
+            spare_completions: resident_vec(inflight_capacity),
+            idle_completion,
+            spare_conn_parts,
             // Batch IDs (and so `mid`s) are unique across the producer's shards.
             next_batch: (u64::from(wid) << 48) + 1,
             rng,
             mid_buf: String::new(),
         }
+    }
+
+    /// A connection's partial-reply buffer (a reply is ~40 bytes) and its queues, the sent
+    /// one with room for all the shard's batches, pages resident.
+    fn new_conn_parts(inflight_capacity: usize) -> ConnParts {
+        (
+            Vec::with_capacity(256),
+            VecDeque::from(resident_vec(inflight_capacity * QUEUE_SLACK)),
+            VecDeque::new(),
+        )
     }
 
     /// Batches not yet resolved.
@@ -266,6 +297,12 @@ impl ShardEngine {
     /// Bodies emptied by encoding, for the accumulator to reuse.
     pub fn take_spare_bodies(&mut self) -> impl Iterator<Item = BatchBody> + '_ {
         self.spare_bodies.drain(..)
+    }
+
+    /// Completions of resolved batches that no future held, emptied, for the accumulator to
+    /// reuse ([`BatchAccumulator::recycle_completion`](super::accumulator::BatchAccumulator::recycle_completion)).
+    pub fn take_spare_completions(&mut self) -> impl Iterator<Item = Arc<BatchCompletion>> + '_ {
+        self.spare_completions.drain(..)
     }
 
     /// Encodes a sealed batch and queues it for sending. `dt_ms` is the wall-clock time in
@@ -300,7 +337,10 @@ impl ShardEngine {
             &mut frame,
             |out, len| *out = frames.take(len),
         );
-        self.spare_bodies.push(batch.body);
+        // The accumulator keeps no more spares than this anyway.
+        if self.spare_bodies.len() < SPARE_BODIES {
+            self.spare_bodies.push(batch.body);
+        }
         // Boxed: the in-flight table then holds 16 bytes per batch, so growing it for a backlog
         // of small batches moves little memory (it held ~270 bytes per batch inline). The boxes
         // are reused: a backlog's thousands of entries are not allocated again at every burst,
@@ -347,15 +387,12 @@ impl ShardEngine {
     /// A connection to `endpoint` is ready to carry batches. Connections added first are
     /// preferred.
     pub fn add_conn(&mut self, now: Instant, conn: ConnId, endpoint: SocketAddr) {
-        // A lost connection's queues, or new ones with room for a full budget of batches on
-        // this one connection from the start.
-        let (read_buf, sent, heartbeats) = self.spare_conn_parts.pop().unwrap_or_else(|| {
-            (
-                Vec::new(),
-                VecDeque::from(resident_vec(self.config.inflight_capacity)),
-                VecDeque::new(),
-            )
-        });
+        // A lost connection's queues, or new ones with room for all the shard's batches on
+        // this one connection.
+        let (read_buf, sent, heartbeats) = self
+            .spare_conn_parts
+            .pop()
+            .unwrap_or_else(|| Self::new_conn_parts(self.config.inflight_capacity));
         self.conns.push(Conn {
             id: conn,
             endpoint,
@@ -426,31 +463,58 @@ impl ShardEngine {
 
     /// Bytes read from `conn`. A reply stream that cannot be decoded asks the shell to close
     /// the connection ([`EngineEvent::CloseConn`]).
+    ///
+    /// Whole frames are decoded where they are in `data`; only a frame cut by the end of a
+    /// read is copied, into the connection's partial-reply buffer, which the next read completes
+    /// with exactly the bytes it misses. That buffer then never holds more than one frame
+    /// (at most [`MAX_REPLY_FRAME_LEN`]), however large the reads.
     pub fn on_bytes(&mut self, now: Instant, conn: ConnId, data: &[u8]) {
         let Some(index) = self.conns.iter().position(|c| c.id == conn) else { return };
-        let mut read_buf = std::mem::take(&mut self.conns[index].read_buf);
-        read_buf.extend_from_slice(data);
-        let mut at = 0;
+        let mut partial = std::mem::take(&mut self.conns[index].read_buf);
+        let mut rest = data;
         let mut failure = None;
-        loop {
-            match protocol::split_frame(&read_buf[at..], MAX_REPLY_FRAME_LEN) {
+        if !partial.is_empty() {
+            // The length field first, then the rest of the frame it announces.
+            let field = 4usize.saturating_sub(partial.len()).min(rest.len());
+            partial.extend_from_slice(&rest[..field]);
+            rest = &rest[field..];
+            match protocol::frame_len(&partial, MAX_REPLY_FRAME_LEN) {
                 Ok(Some(len)) => {
-                    if let Err(error) = self.on_frame(now, index, &read_buf[at..at + len]) {
+                    let missing = len.saturating_sub(partial.len()).min(rest.len());
+                    partial.extend_from_slice(&rest[..missing]);
+                    rest = &rest[missing..];
+                    if partial.len() == len {
+                        failure = self.on_frame(now, index, &partial).err();
+                        partial.clear();
+                    }
+                }
+                Ok(None) => {}
+                Err(error) => failure = Some(error),
+            }
+        }
+        if failure.is_none() && partial.is_empty() {
+            loop {
+                match protocol::split_frame(rest, MAX_REPLY_FRAME_LEN) {
+                    Ok(Some(len)) => {
+                        if let Err(error) = self.on_frame(now, index, &rest[..len]) {
+                            failure = Some(error);
+                            break;
+                        }
+                        rest = &rest[len..];
+                    }
+                    Ok(None) => {
+                        partial.extend_from_slice(rest);
+                        break;
+                    }
+                    Err(error) => {
                         failure = Some(error);
                         break;
                     }
-                    at += len;
-                }
-                Ok(None) => break,
-                Err(error) => {
-                    failure = Some(error);
-                    break;
                 }
             }
         }
-        read_buf.drain(..at);
         if let Some(error) = failure {
-            read_buf.clear();
+            partial.clear();
             // A node that answers garbage is at fault: its batches' attempts count.
             if let Some(c) = self.conns.iter_mut().find(|c| c.id == conn) {
                 c.doomed = true;
@@ -459,7 +523,7 @@ impl ShardEngine {
                 .push_back(EngineEvent::CloseConn { conn, reason: format!("bad reply: {error}") });
         }
         if let Some(c) = self.conns.iter_mut().find(|c| c.id == conn) {
-            c.read_buf = read_buf;
+            c.read_buf = partial;
         }
         self.close_drained(conn);
     }
@@ -847,17 +911,42 @@ impl ShardEngine {
     }
 
     /// Keeps a resolved batch's entry for the next batch, emptied of everything that refers to
-    /// the batch (its completion, stream and error are let go now, not at reuse). At most
-    /// [`SPARE_INFLIGHT`] are kept.
+    /// the batch (its stream and error are let go now, not at reuse; its completion is kept
+    /// for reuse when no future holds it). At most `inflight_capacity` entries are kept.
     fn recycle_inflight(&mut self, mut entry: Box<Inflight>) {
-        if self.spare_inflight.len() >= SPARE_INFLIGHT {
+        let mut completion = std::mem::replace(&mut entry.completion, self.idle_completion.clone());
+        if self.spare_completions.len() < self.config.inflight_capacity
+            && BatchCompletion::reuse(&mut completion)
+        {
+            self.spare_completions.push(completion);
+        }
+        if self.spare_inflight.len() >= self.config.inflight_capacity {
             return;
         }
-        entry.completion = self.idle_completion.clone();
         entry.stream_id = StreamId::from("");
         entry.last_error = None;
         entry.callbacks.clear();
         self.spare_inflight.push(entry);
+    }
+}
+
+impl Inflight {
+    /// An entry holding no batch, for [`ShardEngine::recycle_inflight`]'s spares.
+    fn idle(completion: &Arc<BatchCompletion>) -> Inflight {
+        Inflight {
+            frame: Vec::new(),
+            records: 0,
+            payload_bytes: 0,
+            completion: completion.clone(),
+            callbacks: Vec::new(),
+            attempts: 0,
+            free_attempts: 0,
+            state: BatchState::Backoff,
+            last_conn: None,
+            last_error: None,
+            opened_at: Instant::now(),
+            stream_id: StreamId::from(""),
+        }
     }
 }
 

@@ -175,6 +175,44 @@ fn several_ready_batches_are_coalesced_into_one_write() {
 }
 
 #[test]
+fn replies_are_decoded_in_place_and_only_a_cut_frame_is_kept() {
+    for chunk in [1, 2, 3, 5, 41, 1000, usize::MAX] {
+        let mut h = Harness::new(config());
+        h.engine.add_conn(h.now, 1, ep(1));
+        let batches: Vec<_> = (0..40).map(|_| h.batch(1)).collect();
+        let writes = h.transmit();
+        let replies: Vec<Vec<u8>> = writes[0].1.iter().map(|f| reply(f, None, true)).collect();
+        let longest = replies.iter().map(Vec::len).max().unwrap();
+        let stream = replies.concat();
+        let room = h.engine.conns[0].read_buf.capacity().max(2 * longest);
+        // Every read but the last ends inside a frame unless the chunk size says otherwise.
+        let (head, last) = stream.split_at(stream.len() - 3);
+        for read in head.chunks(chunk.min(head.len())) {
+            h.engine.on_bytes(h.now, 1, read);
+            let kept = &h.engine.conns[0].read_buf;
+            assert!(kept.len() < longest, "chunk {chunk}: more than one cut frame kept");
+            assert!(kept.capacity() <= room, "chunk {chunk}: the read was copied");
+        }
+        assert_eq!(batches.iter().filter(|b| outcome(b).is_some()).count(), 39, "chunk {chunk}");
+        h.engine.on_bytes(h.now, 1, last);
+        assert!(batches.iter().all(|b| matches!(outcome(b), Some(Ok(_)))), "chunk {chunk}");
+        assert!(h.engine.conns[0].read_buf.is_empty());
+        assert!(h.engine.poll_event().is_none());
+    }
+}
+
+#[test]
+fn a_bad_length_field_cut_between_reads_closes_the_connection() {
+    let mut h = Harness::new(config());
+    h.engine.add_conn(h.now, 1, ep(1));
+    h.engine.on_bytes(h.now, 1, b"\x00\x01");
+    assert!(h.engine.poll_event().is_none(), "no verdict before the length field is whole");
+    h.engine.on_bytes(h.now, 1, b"\x00\x00");
+    assert!(matches!(h.engine.poll_event(), Some(EngineEvent::CloseConn { conn: 1, .. })));
+    assert!(h.engine.conns.iter().all(|c| c.read_buf.is_empty()));
+}
+
+#[test]
 fn write_buffers_never_grow_past_the_write_buffer_size() {
     let mut h = Harness::new(EngineConfig { write_buffer_size: 1000, ..config() });
     h.engine.add_conn(h.now, 1, ep(1));
@@ -542,23 +580,47 @@ fn backoff_doubles_with_jitter_and_is_capped() {
 #[test]
 fn resolved_entries_are_reused_and_hold_nothing_of_their_batch() {
     let mut h = Harness::new(config());
+    assert_eq!(h.engine.spare_inflight.len(), 16, "a budget's worth made at the start");
     h.engine.add_conn(h.now, 1, ep(1));
     let first = h.batch(3);
+    assert_eq!(h.engine.spare_inflight.len(), 15);
+    let used: *const Inflight = h.engine.batches.values().next().unwrap().as_ref();
     let sent = h.transmit();
     let frame = &sent[0].1[0];
     h.engine.on_bytes(h.now, 1, &reply(frame, None, true));
     assert!(matches!(outcome(&first), Some(Ok(_))));
     assert_eq!(Arc::strong_count(&first), 1, "the kept entry let go of the batch's completion");
-    assert_eq!(h.engine.spare_inflight.len(), 1);
-    let kept: *const Inflight = &*h.engine.spare_inflight[0];
+    assert_eq!(h.engine.spare_inflight.len(), 16);
+    assert!(std::ptr::eq(&**h.engine.spare_inflight.last().unwrap(), used));
+    assert!(h.engine.spare_completions.is_empty(), "a future still held the completion");
     // The next batch goes into the same box, and is delivered like any other.
     let second = h.batch(2);
-    assert!(h.engine.spare_inflight.is_empty());
-    assert!(std::ptr::eq(h.engine.batches.values().next().unwrap().as_ref(), kept));
+    assert!(std::ptr::eq(h.engine.batches.values().next().unwrap().as_ref(), used));
     let sent = h.transmit();
     h.engine.on_bytes(h.now, 1, &reply(&sent[0].1[0], None, true));
     assert!(matches!(outcome(&second), Some(Ok(BatchOutcome { .. }))));
     assert_eq!(h.engine.inflight(), 0);
+}
+
+#[test]
+fn entries_and_completions_are_kept_up_to_the_budgets_batches() {
+    let mut h = Harness::new(config());
+    h.engine.add_conn(h.now, 1, ep(1));
+    // Nobody holds these batches' completions (fire and forget): they come back for reuse.
+    for _ in 0..20 {
+        drop(h.batch(1));
+    }
+    assert!(h.engine.spare_inflight.is_empty(), "16 made at the start, 4 more allocated");
+    for (_, frames) in h.transmit() {
+        for frame in frames {
+            h.engine.on_bytes(h.now, 1, &reply(&frame, None, true));
+        }
+    }
+    assert_eq!(h.engine.inflight(), 0);
+    assert_eq!(h.engine.spare_inflight.len(), 16, "no more than the budget's batches kept");
+    let completions: Vec<_> = h.engine.take_spare_completions().collect();
+    assert_eq!(completions.len(), 16);
+    assert!(completions.iter().all(|c| Arc::strong_count(c) == 1 && !c.is_resolved()));
 }
 
 #[test]
