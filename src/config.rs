@@ -3,7 +3,7 @@
 //! The names are the Go SDK's options in snake_case (`PROTOCOL.md` §6.12) with the same defaults,
 //! plus the options this SDK adds. [`ProducerConfig::validate`] refuses zero or absurd values with
 //! a clear [`Error::InvalidConfig`] instead of silently replacing them, as the Go setters do.
-//! The builder in [`crate::producer`] is the usual way to set them.
+//! The builder in [`ProducerBuilder`](crate::ProducerBuilder) is the usual way to set them.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

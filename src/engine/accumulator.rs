@@ -365,7 +365,7 @@ impl BatchAccumulator {
     }
 
     /// Gives an emptied body back for reuse: kept while the spares hold at most
-    /// [`SPARE_BODY_BYTES`] (and [`SPARE_BODIES`] bodies), freed otherwise.
+    /// `SPARE_BODY_BYTES` (and `SPARE_BODIES` bodies), freed otherwise.
     pub fn recycle(&mut self, mut body: BatchBody) {
         let capacity = body.capacity();
         if self.spare_bodies.len() < SPARE_BODIES && self.spare_bytes + capacity <= SPARE_BODY_BYTES

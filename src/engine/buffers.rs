@@ -145,7 +145,7 @@ impl FramePool {
     }
 
     /// An empty buffer for a frame of `len` bytes: a kept one of its size class or of one of the
-    /// [`CLASSES_PER_OCTAVE`] classes above (the smallest there is, at most twice the class's
+    /// `CLASSES_PER_OCTAVE` classes above (the smallest there is, at most twice the class's
     /// capacity), or a new one with the class's capacity.
     ///
     /// Reaching up an octave keeps frames whose sizes drift (batches sealed by linger) on the

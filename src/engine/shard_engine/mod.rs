@@ -96,7 +96,7 @@ pub struct EngineConfig {
     pub read_buffer_size: usize,
     /// The pending budget's worth of full batches: in-flight entries for that many are made at
     /// the start and kept, and the in-flight table and queues are sized for it up front (the
-    /// queues for [`QUEUE_SLACK`] times as many), so that a backlog neither regrows them nor
+    /// queues for `QUEUE_SLACK` times as many), so that a backlog neither regrows them nor
     /// allocates per batch.
     pub inflight_capacity: usize,
     /// Compress bodies over 256 bytes.
