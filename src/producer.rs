@@ -320,6 +320,7 @@ impl Producer {
             let mut accumulator = BatchAccumulator::new(limits);
             accumulator.reserve_sealed(inflight_capacity);
             accumulator.keep_completions(inflight_capacity);
+            accumulator.share_pool(frames.clone());
             let shared = Arc::new(ShardShared::new(accumulator));
             let settings = ShardSettings {
                 index,

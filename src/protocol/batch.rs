@@ -30,6 +30,17 @@ impl BatchBody {
         BatchBody { entries: Vec::with_capacity(capacity), ..BatchBody::default() }
     }
 
+    /// An empty body in `buffer` (emptied; its capacity kept).
+    pub fn from_buffer(mut buffer: Vec<u8>) -> BatchBody {
+        buffer.clear();
+        BatchBody { entries: buffer, ..BatchBody::default() }
+    }
+
+    /// The body's buffer, to be reused for something else.
+    pub fn into_buffer(self) -> Vec<u8> {
+        self.entries
+    }
+
     /// Appends one record. Exactly one trailing `\n` is dropped (§2.2), as the Go SDK does.
     ///
     /// The payload should have passed [`validate_payload`](super::validate_payload); a payload

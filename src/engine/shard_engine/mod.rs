@@ -337,9 +337,11 @@ impl ShardEngine {
             &mut frame,
             |out, len| *out = frames.take(len),
         );
-        // The accumulator keeps no more spares than this anyway.
+        // The accumulator keeps no more spares than this anyway; the rest go to the pool.
         if self.spare_bodies.len() < SPARE_BODIES {
             self.spare_bodies.push(batch.body);
+        } else {
+            self.frames.give(batch.body.into_buffer());
         }
         // Boxed: the in-flight table then holds 16 bytes per batch, so growing it for a backlog
         // of small batches moves little memory (it held ~270 bytes per batch inline). The boxes
