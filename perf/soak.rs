@@ -16,7 +16,9 @@
 //! in-flight table did not grow, and the server took every fault command. The first minute is
 //! a warm-up that goes through every fault (both nodes down included) in a fixed order; the
 //! live heap (a counting allocator) is reported beside the RSS, with its split by allocation
-//! size (which buffers a growth comes from). The exit status is
+//! size (which buffers a growth comes from). `--trace-large` records the backtrace of every
+//! allocation of 32 KiB or more after the warm-up, `--trace-small` one allocation of 64 to 511
+//! bytes in 4 999 (the per-batch ones); both are printed at the end. The exit status is
 //! non-zero when a check fails.
 //!
 //! The server reads its commands from this process's stdin pipe, so it shuts down when this

@@ -53,10 +53,9 @@ const SPARE_CONN_PARTS: usize = 4;
 /// Created later, the third appeared minutes into the soak, 128 KiB at once.
 const START_CONN_PARTS: usize = 3;
 /// The send queue, the backoff heap and each connection's sent-batch queue have room for this
-/// many times the
-/// pending budget's worth of full batches: batches sealed by linger hold fewer records, and
-/// in the soak one shard held more than a budget's worth of full batches (the other shard's
-/// node was down and its records acked, leaving it the whole budget).
+/// many times the pending budget's worth of full batches: batches sealed by linger hold fewer
+/// records, and in the soak one shard held more than a budget's worth of full batches (the
+/// other shard's node was down and its records acked, leaving it the whole budget).
 const QUEUE_SLACK: usize = 2;
 
 /// A connection's partial-reply buffer, sent-batch queue and heartbeat queue.
@@ -189,12 +188,12 @@ pub struct ShardEngine {
     read_buffers: BufferPool,
     spare_bodies: Vec<BatchBody>,
     /// Emptied in-flight entries, reused for new batches (see [`ShardEngine::enqueue`]): the
-    /// boxes themselves, which go back into the table as they are.
+    /// boxes themselves, which go back into the table as they are. Created at the start for
+    /// the pending budget's worth of full batches (`inflight_capacity`) and kept at most that
+    /// many: a backlog allocates none. (Created as bursts needed them instead, the spares kept
+    /// growing for minutes in the soak; freed after each burst, they left the allocator's
+    /// arenas fragmented, the RSS up by megabytes.)
     #[allow(clippy::vec_box)]
-    /// Created at the start for the pending budget's worth of full batches
-    /// (`inflight_capacity`) and kept at most that many: a backlog allocates none. (Created as
-    /// bursts needed them instead, the spares kept growing for minutes in the soak, and freed
-    /// after each burst they left the allocator's arenas fragmented, the RSS up by megabytes.)
     spare_inflight: Vec<Box<Inflight>>,
     /// Completions emptied for reuse ([`BatchCompletion::reuse`]), on their way back to the
     /// accumulator with the next sealed batches.
