@@ -302,8 +302,10 @@ mod tests {
             })
             .collect();
         threads.into_iter().for_each(|t| t.join().unwrap());
-        // Never more than two threads' worth of frames at once.
-        let most: usize = (0..8).map(|i| frame_class(1000 + i * 300).1).sum::<usize>() * 2;
+        // Never more than two threads' worth of frames at once, each frame in a buffer of at
+        // most twice its class's capacity (`take` reaches up to an octave above). With the
+        // classes' capacities alone, this failed once in CI: 37 248 > 34 048 bytes.
+        let most: usize = (0..8).map(|i| frame_class(1000 + i * 300).1).sum::<usize>() * 2 * 2;
         assert!(pool.kept_bytes() <= most, "{} > {most}", pool.kept_bytes());
         assert!(pool.kept_bytes() > 0);
     }
