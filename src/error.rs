@@ -171,6 +171,17 @@ pub enum Error {
         /// Records neither acked nor failed at the deadline.
         undelivered: u64,
     },
+    /// `flush` or `close` was called from a delivery callback of the same producer: it was
+    /// started (batches sealed; for `close`, new records refused and the shards told to finish
+    /// by the deadline) but not waited for, because the callback's own shard can do nothing until
+    /// the callback returns.
+    #[error("{operation} called from a delivery callback: started, not waited for ({undelivered} record(s) still pending)")]
+    InCallback {
+        /// `"flush"` or `"close"`.
+        operation: &'static str,
+        /// Records pending when it returned (the calling callback's batch among them).
+        undelivered: u64,
+    },
     /// No DataProxy endpoint is known.
     #[error("service has no endpoints")]
     NoEndpoints,
@@ -206,6 +217,7 @@ impl Error {
             Error::ConnectionLost { .. } => codes::CONN_CLOSED_BY_PEER,
             Error::WriteFailed { .. } => codes::CONN_WRITE_FAILED,
             Error::InvalidConfig { .. }
+            | Error::InCallback { .. }
             | Error::NoEndpoints
             | Error::Transport(_)
             | Error::Discovery(_) => codes::UNKNOWN,

@@ -98,6 +98,7 @@ pub(crate) struct Collectors {
     pub healthy_endpoints: IntGaugeVec,
     pub transport: IntGaugeVec,
     pub discovery_lookups: IntCounterVec,
+    pub callback_panics: IntCounterVec,
 }
 
 fn metric_error(error: &prometheus::Error) -> Error {
@@ -166,6 +167,11 @@ impl Collectors {
             healthy_endpoints: gauge("data_proxy_healthy_endpoints", "connections up to DataProxy nodes", &["name"])?,
             transport: gauge("data_proxy_transport_info", "the I/O driver in use (value 1)", &["name", "transport"])?,
             discovery_lookups: counter("data_proxy_discovery_lookups", "Manager lookups by result", &["name", "result"])?,
+            callback_panics: counter(
+                "data_proxy_callback_panic_count",
+                "delivery callbacks that panicked (each panic was contained)",
+                &["name"],
+            )?,
         })
     }
 }
@@ -189,6 +195,17 @@ impl ProducerMetrics {
         let c = &self.collectors;
         c.error_count.with_label_values(&[&self.name, &code]).inc();
         c.msg_count.with_label_values(&[&self.name, &code]).inc();
+    }
+
+    /// A delivery callback panicked (and the panic was contained).
+    pub(crate) fn callback_panicked(&self) {
+        self.collectors.callback_panics.with_label_values(&[&self.name]).inc();
+    }
+
+    /// Creates the series that must read 0 before anything happened, so that dashboards and
+    /// alerts on them see a value from the first scrape.
+    pub(crate) fn touch(&self) {
+        self.collectors.callback_panics.with_label_values(&[&self.name]);
     }
 
     /// The driver in use.
@@ -238,6 +255,8 @@ pub struct ShardCounters {
     pub inflight_batches: AtomicI64,
     /// Connections up.
     pub connections: AtomicI64,
+    /// Delivery callbacks run by this shard that panicked.
+    pub callback_panics: AtomicU64,
 }
 
 /// Pre-resolved handles for one shard: per-batch updates without label lookups on success.
@@ -327,6 +346,17 @@ impl ShardMetrics {
         c.update_conn_count
             .with_label_values(&[self.producer.name.as_str(), &code.to_string()])
             .inc();
+    }
+
+    /// A delivery callback run by this shard panicked (the panic was contained).
+    pub fn callback_panicked(&self) {
+        self.counters.callback_panics.fetch_add(1, Ordering::Relaxed);
+        self.producer.callback_panicked();
+    }
+
+    /// The producer-wide handles.
+    pub(crate) fn producer(&self) -> &ProducerMetrics {
+        &self.producer
     }
 
     /// An error event that is not a record's final outcome (a write failure, a bad reply).

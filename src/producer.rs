@@ -11,14 +11,15 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
 use crate::config::{ProducerConfig, Secret, Transport};
 use crate::control::{self, ControlThread};
 use crate::discovery::AuthProvider;
+use crate::engine::completion::run_callback;
 use crate::engine::{
     BatchAccumulator, BatchCompletion, BatchLimits, Callback, DeliveryReport, EngineConfig,
     FramePool, PendingBudget,
@@ -27,7 +28,7 @@ use crate::error::Error;
 use crate::metrics::{MetricsRegistry, ProducerMetrics, ShardCounters};
 use crate::protocol::AddColumns;
 use crate::record::Record;
-use crate::shard::{self, Command, Driver, ShardSettings, ShardShared};
+use crate::shard::{self, Command, Driver, ShardSettings, ShardShared, Waiting};
 
 /// Builds a [`Producer`]. Every option has the Go SDK's default; see [`ProducerConfig`].
 #[derive(Debug, Clone, Default)]
@@ -212,6 +213,9 @@ pub struct Producer {
 
 #[derive(Debug)]
 struct Inner {
+    /// Tells this producer's shard threads apart from every other thread (see
+    /// [`shard::on_shard_of`]).
+    id: u64,
     config: ProducerConfig,
     shards: Vec<Arc<ShardShared>>,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
@@ -257,6 +261,9 @@ impl Producer {
         let registry =
             config.metrics_registry.clone().unwrap_or_else(MetricsRegistry::default_registry);
         let metrics = ProducerMetrics::new(&registry, &config.metrics_name)?;
+        metrics.touch();
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+        let producer_id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         let control = ControlThread::start()?;
         let endpoints = match control::initial_endpoints(&control, &config) {
             Ok(endpoints) => {
@@ -324,6 +331,8 @@ impl Producer {
             let shared = Arc::new(ShardShared::new(accumulator));
             let settings = ShardSettings {
                 index,
+                producer_id,
+                waiting_timeout: config.send_timeout,
                 engine: EngineConfig {
                     group_id: config.group_id.clone(),
                     wid: u32::try_from(index).unwrap_or(u32::MAX),
@@ -379,6 +388,7 @@ impl Producer {
             );
         }
         let inner = Inner {
+            id: producer_id,
             config,
             shards,
             threads: Mutex::new(threads),
@@ -393,18 +403,18 @@ impl Producer {
     }
 
     /// Sends a record. Never blocks: the returned future resolves when the record is acked or
-    /// has failed. With `block_if_queue_full`, a full queue makes the future wait (asynchronously)
-    /// for room first; otherwise it fails with [`Error::QueueFull`] (10004).
+    /// has failed. With `block_if_queue_full`, a record that finds the queue full is still taken:
+    /// it waits in the producer, in send order, for room (at most `send_timeout`, then it fails
+    /// with [`Error::QueueFullTimeout`], 10005), whether or not its future is polled or kept;
+    /// otherwise it fails at once with [`Error::QueueFull`] (10004).
     pub fn send(&self, record: Record) -> DeliveryFuture {
         match self.inner.enqueue(record, &mut None) {
             Ok((completion, metadata)) => DeliveryFuture::pending(completion, metadata),
             Err((Error::QueueFull, record)) if self.inner.config.block_if_queue_full => {
-                DeliveryFuture {
-                    state: FutureState::Waiting {
-                        record: Some(record),
-                        producer: self.inner.clone(),
-                    },
-                }
+                let slot = Arc::new(QueuedSlot::default());
+                let resolver = slot.clone();
+                self.inner.wait_for_room(record, Box::new(move |result| resolver.resolve(result)));
+                DeliveryFuture { state: FutureState::Queued(slot) }
             }
             Err((error, _)) => {
                 self.inner.refused_if_full(&error);
@@ -413,18 +423,31 @@ impl Producer {
         }
     }
 
-    /// Sends a record and calls `callback` with its result, on the shard thread (keep it short).
-    /// Never blocks; a full queue or invalid record calls `callback` at once with the error.
+    /// Sends a record and calls `callback` with its result, on the shard thread (keep it short;
+    /// a panic in it is contained, see the crate docs). Never blocks. With
+    /// `block_if_queue_full`, a full queue makes the record wait in the producer as with
+    /// [`Producer::send`]; otherwise a full queue or an invalid record calls `callback` at once,
+    /// on the calling thread, with the error.
     pub fn send_with_callback<F>(&self, record: Record, callback: F)
     where
         F: FnOnce(Result<DeliveryReport, Error>) + Send + 'static,
     {
         let metadata = record.metadata();
         let mut callback: Option<(u64, Callback)> = Some((metadata, Box::new(callback)));
-        if let Err((error, _)) = self.inner.enqueue(record, &mut callback) {
-            self.inner.refused_if_full(&error);
-            if let Some((_, callback)) = callback {
-                callback(Err(error));
+        match self.inner.enqueue(record, &mut callback) {
+            Ok(_) => {}
+            Err((Error::QueueFull, record)) if self.inner.config.block_if_queue_full => {
+                if let Some((_, callback)) = callback {
+                    self.inner.wait_for_room(record, callback);
+                }
+            }
+            Err((error, _)) => {
+                self.inner.refused_if_full(&error);
+                if let Some((_, callback)) = callback {
+                    if run_callback(callback, Err(error)) {
+                        self.inner.metrics.callback_panicked();
+                    }
+                }
             }
         }
     }
@@ -465,8 +488,12 @@ impl Producer {
                     let deadline = started + timeout;
                     let inner = &self.inner;
                     let bytes = record.payload().len();
+                    let shard = inner.shard_for(&record);
+                    // Room, and no record of this shard waiting ahead of this one.
                     let room = |budget: &PendingBudget| {
-                        inner.closed.load(Ordering::Acquire) || !budget.is_full_for(bytes)
+                        inner.closed.load(Ordering::Acquire)
+                            || (!budget.is_full_for(bytes)
+                                && (budget.queued() == 0 || shard.waiting_len() == 0))
                     };
                     if !inner.budget.wait_until(deadline, room) {
                         let error = Error::QueueFullTimeout { waited: started.elapsed() };
@@ -481,17 +508,28 @@ impl Producer {
 
     /// Seals every open batch now and waits until every record sent so far is resolved, or the
     /// timeout passes ([`Error::FlushTimeout`] says how many are still undelivered).
+    ///
+    /// Called from a delivery callback of this producer, it seals the open batches and returns
+    /// at once with [`Error::InCallback`]: the callback's own shard cannot deliver anything
+    /// until the callback returns.
     pub async fn flush(&self, timeout: Duration) -> Result<(), Error> {
         for shard in &self.inner.shards {
             shard.command(Command::Flush);
         }
+        if let Some(error) = self.inner.in_callback("flush") {
+            return Err(error);
+        }
         self.inner.drained(Instant::now() + timeout).await
     }
 
-    /// Like [`Producer::flush`], blocking the calling thread.
+    /// Like [`Producer::flush`], blocking the calling thread (but never a shard thread: in a
+    /// delivery callback it returns [`Error::InCallback`] at once, as `flush` does).
     pub fn flush_blocking(&self, timeout: Duration) -> Result<(), Error> {
         for shard in &self.inner.shards {
             shard.command(Command::Flush);
+        }
+        if let Some(error) = self.inner.in_callback("flush") {
+            return Err(error);
         }
         let deadline = Instant::now() + timeout;
         if self.inner.budget.wait_until(deadline, |budget| budget.pending_records() == 0) {
@@ -503,25 +541,37 @@ impl Producer {
 
     /// Refuses new records (10003), sends what is pending, waits for acks until the timeout, then
     /// fails the rest and stops the shards. Bounded by `timeout` plus a moment.
+    ///
+    /// Called from a delivery callback of this producer, it starts the close (the shards
+    /// deliver what they can until the deadline, then fail the rest and stop) and returns at once
+    /// with [`Error::InCallback`] without waiting: the callback's own shard cannot go on until the
+    /// callback returns. A later `close` from another thread waits for the end as usual.
     pub async fn close(&self, timeout: Duration) -> Result<(), Error> {
         let deadline = Instant::now() + timeout;
         self.inner.begin_close(deadline);
+        if let Some(error) = self.inner.in_callback("close") {
+            return Err(error);
+        }
         // The shards fail what is left at the deadline; their count is the answer.
         let _ = self.inner.drained(deadline).await;
         self.inner.join_shards();
         self.inner.close_result()
     }
 
-    /// Like [`Producer::close`], blocking the calling thread.
+    /// Like [`Producer::close`], blocking the calling thread (in a delivery callback, it starts
+    /// the close and returns [`Error::InCallback`] at once, as `close` does).
     pub fn close_blocking(&self, timeout: Duration) -> Result<(), Error> {
         let deadline = Instant::now() + timeout;
         self.inner.begin_close(deadline);
+        if let Some(error) = self.inner.in_callback("close") {
+            return Err(error);
+        }
         self.inner.budget.wait_until(deadline, |budget| budget.pending_records() == 0);
         self.inner.join_shards();
         self.inner.close_result()
     }
 
-    /// Records sent and not yet resolved.
+    /// Records sent and not yet resolved (including records waiting for room in blocking mode).
     pub fn in_flight_count(&self) -> u64 {
         self.inner.budget.pending_records()
     }
@@ -545,6 +595,7 @@ impl Producer {
                 payload_bytes_acked: load(&counters.acked_bytes),
                 inflight_batches: gauge(&counters.inflight_batches),
                 connections: gauge(&counters.connections),
+                callback_panics: load(&counters.callback_panics),
             };
             total.records_sent += stats.records_sent;
             total.records_acked += stats.records_acked;
@@ -552,6 +603,7 @@ impl Producer {
             total.payload_bytes_acked += stats.payload_bytes_acked;
             total.inflight_batches += stats.inflight_batches;
             total.connections += stats.connections;
+            total.callback_panics += stats.callback_panics;
             total.shards.push(stats);
         }
         total
@@ -593,10 +645,15 @@ impl Inner {
             return Err((Error::ProducerClosed, record));
         }
         let payload_len = record.payload().len();
+        let shard = self.shard_for(&record);
+        // Records waiting for room keep their place: a later record of their shard waits behind
+        // them (one shared load on the send path while nothing waits).
+        if self.budget.queued() > 0 && shard.waiting_len() > 0 {
+            return Err((Error::QueueFull, record));
+        }
         if !self.budget.try_acquire(payload_len) {
             return Err((Error::QueueFull, record));
         }
-        let shard = &self.shards[shard_of(record.stream_id().as_str(), self.shards.len())];
         let appended = shard.accumulator().append_with(
             Instant::now,
             record.stream_id(),
@@ -617,6 +674,34 @@ impl Inner {
                 Err((error, record))
             }
         }
+    }
+
+    /// The shard a record goes to.
+    fn shard_for(&self, record: &Record) -> &Arc<ShardShared> {
+        &self.shards[shard_of(record.stream_id().as_str(), self.shards.len())]
+    }
+
+    /// Blocking mode: takes `record`, which found no room, into its shard's wait queue; it is
+    /// admitted as soon as there is room, or fails with `QueueFullTimeout` after `send_timeout`.
+    fn wait_for_room(&self, record: Record, callback: Callback) {
+        let shard = self.shard_for(&record);
+        shard.push_waiting(&self.budget, Waiting { record, callback, since: Instant::now() });
+        // Room may have come back between the refusal and the push: whoever frees room next
+        // looks at the queue, but nobody may be about to.
+        shard.admit_waiting(&self.budget, &self.metrics);
+        if shard.has_stopped() {
+            // The shard ended (closed) before the record was queued: nobody else will see it.
+            shard.fail_waiting(&Error::ProducerClosed, &self.budget, &self.metrics);
+        }
+        // The shard arms the record's timeout and watches the budget for room.
+        shard.notify();
+    }
+
+    /// `Some(InCallback)` when called on one of this producer's shard threads (from a delivery
+    /// callback), where waiting for the shards would wait for the caller itself.
+    fn in_callback(&self, operation: &'static str) -> Option<Error> {
+        shard::on_shard_of(self.id)
+            .then(|| Error::InCallback { operation, undelivered: self.budget.pending_records() })
     }
 
     /// Counts a `QueueFull` that is final (every other refusal is counted where it happens).
@@ -653,8 +738,13 @@ impl Inner {
         let threads = std::mem::take(
             &mut *self.threads.lock().unwrap_or_else(std::sync::PoisonError::into_inner),
         );
+        let me = std::thread::current().id();
         for thread in threads {
-            let _ = thread.join();
+            // Dropped from one of its own delivery callbacks: that shard ends on its own once
+            // the callback returns (it has the command); joining it here would join itself.
+            if thread.thread().id() != me {
+                let _ = thread.join();
+            }
         }
     }
 }
@@ -677,6 +767,9 @@ pub struct ProducerStats {
     pub inflight_batches: u64,
     /// Connections up.
     pub connections: u64,
+    /// Delivery callbacks that panicked (each panic was contained: logged, counted here and in
+    /// `data_proxy_callback_panic_count`, and the other records resolved as usual).
+    pub callback_panics: u64,
     /// The same, per shard.
     pub shards: Vec<ShardStats>,
 }
@@ -699,6 +792,8 @@ pub struct ShardStats {
     pub inflight_batches: u64,
     /// Connections up.
     pub connections: u64,
+    /// Delivery callbacks run by this shard that panicked.
+    pub callback_panics: u64,
 }
 
 /// The future of [`Producer::flush`] and [`Producer::close`].
@@ -751,9 +846,47 @@ pub struct DeliveryFuture {
 
 #[derive(Debug)]
 enum FutureState {
-    Pending { completion: Arc<BatchCompletion>, metadata: u64 },
-    Waiting { record: Option<Record>, producer: Arc<Inner> },
+    Pending {
+        completion: Arc<BatchCompletion>,
+        metadata: u64,
+    },
+    /// Blocking mode: the record waits in the producer for room; `QueuedSlot` gets its result.
+    Queued(Arc<QueuedSlot>),
     Failed(Option<Error>),
+}
+
+/// The result of one record that waited for room, and the waker of its future.
+#[derive(Debug, Default)]
+struct QueuedSlot {
+    result: OnceLock<Result<DeliveryReport, Error>>,
+    waker: Mutex<Option<Waker>>,
+}
+
+impl QueuedSlot {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Waker>> {
+        self.waker.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn resolve(&self, result: Result<DeliveryReport, Error>) {
+        if self.result.set(result).is_ok() {
+            if let Some(waker) = self.lock().take() {
+                waker.wake();
+            }
+        }
+    }
+
+    fn poll(&self, cx: &mut Context<'_>) -> Poll<Result<DeliveryReport, Error>> {
+        if let Some(result) = self.result.get() {
+            return Poll::Ready(result.clone());
+        }
+        let mut waker = self.lock();
+        // Checked again under the lock: `resolve` sets the result before it takes the waker.
+        if let Some(result) = self.result.get() {
+            return Poll::Ready(result.clone());
+        }
+        *waker = Some(cx.waker().clone());
+        Poll::Pending
+    }
 }
 
 impl DeliveryFuture {
@@ -789,7 +922,7 @@ impl DeliveryFuture {
     pub fn is_resolved(&self) -> bool {
         match &self.state {
             FutureState::Pending { completion, .. } => completion.is_resolved(),
-            FutureState::Waiting { .. } => false,
+            FutureState::Queued(slot) => slot.result.get().is_some(),
             FutureState::Failed(_) => true,
         }
     }
@@ -799,43 +932,15 @@ impl Future for DeliveryFuture {
     type Output = Result<DeliveryReport, Error>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        loop {
-            match &mut self.state {
-                FutureState::Pending { completion, metadata } => {
-                    let metadata = *metadata;
-                    return completion
-                        .poll_outcome(cx)
-                        .map(|outcome| outcome.map(|o| o.report(metadata)));
-                }
-                FutureState::Failed(error) => {
-                    return Poll::Ready(Err(error.take().unwrap_or(Error::ProducerClosed)));
-                }
-                FutureState::Waiting { record, producer } => {
-                    let Some(taken) = record.take() else {
-                        return Poll::Ready(Err(Error::ProducerClosed));
-                    };
-                    let producer = producer.clone();
-                    match producer.enqueue(taken, &mut None) {
-                        Ok((completion, metadata)) => {
-                            self.state = FutureState::Pending { completion, metadata };
-                        }
-                        Err((Error::QueueFull, back)) => {
-                            let bytes = back.payload().len();
-                            let closed = &producer.closed;
-                            let registered = producer.budget.register(cx.waker(), |budget| {
-                                budget.is_full_for(bytes) && !closed.load(Ordering::Acquire)
-                            });
-                            if let FutureState::Waiting { record, .. } = &mut self.state {
-                                *record = Some(back);
-                            }
-                            if registered {
-                                return Poll::Pending;
-                            }
-                        }
-                        Err((error, _)) => self.state = FutureState::Failed(Some(error)),
-                    }
-                }
+        match &mut self.state {
+            FutureState::Pending { completion, metadata } => {
+                let metadata = *metadata;
+                completion.poll_outcome(cx).map(|outcome| outcome.map(|o| o.report(metadata)))
             }
+            FutureState::Failed(error) => {
+                Poll::Ready(Err(error.take().unwrap_or(Error::ProducerClosed)))
+            }
+            FutureState::Queued(slot) => slot.poll(cx),
         }
     }
 }

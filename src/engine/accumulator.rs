@@ -187,6 +187,26 @@ impl BatchAccumulator {
         }
     }
 
+    /// [`BatchAccumulator::append_with`] for a record the producer accepted before a close
+    /// (it waited for room in blocking mode): taken even after [`BatchAccumulator::close`],
+    /// and sealed at once when the accumulator is closed (nothing lingers after a close).
+    pub fn append_admitted(
+        &mut self,
+        clock: impl FnOnce() -> Instant,
+        stream_id: &StreamId,
+        payload: &[u8],
+        callback: &mut Option<(u64, Callback)>,
+    ) -> Result<Appended, Error> {
+        let closed = std::mem::replace(&mut self.closed, false);
+        let appended = self.append_with(clock, stream_id, payload, callback);
+        self.closed = closed;
+        if closed {
+            self.seal_all();
+            return appended.map(|appended| Appended { wake: true, ..appended });
+        }
+        appended
+    }
+
     /// Appends one record to its stream's open batch, sealing as the limits say.
     ///
     /// Fails, leaving nothing behind (the callback stays in `callback`), on an invalid stream ID or

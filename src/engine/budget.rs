@@ -30,6 +30,9 @@ pub struct PendingBudget {
     /// Admitted plus releasing is what `flush` waits for: records not fully resolved (callbacks
     /// run, futures woken).
     releasing: AtomicU64,
+    /// Records handed to the producer that wait for room (blocking mode): not admitted yet, but
+    /// pending all the same, for `flush`, `close` and `in_flight_count`.
+    queued: AtomicU64,
     /// Registered wakers plus threads blocked in `wait_until`.
     waiting: AtomicU64,
     max_records: u64,
@@ -49,6 +52,7 @@ impl PendingBudget {
         PendingBudget {
             admitted: AtomicU64::new(0),
             releasing: AtomicU64::new(0),
+            queued: AtomicU64::new(0),
             waiting: AtomicU64::new(0),
             max_records: (max_records as u64).min(MAX_RECORDS),
             max_bytes: (max_bytes as u64).min(MAX_BYTES),
@@ -115,13 +119,32 @@ impl PendingBudget {
         self.wake_all();
     }
 
-    /// Records accepted and not yet resolved.
+    /// Counts `records` records waiting for room (they are pending from now on).
+    pub fn add_queued(&self, records: u64) {
+        self.queued.fetch_add(records, Ordering::SeqCst);
+    }
+
+    /// `records` waiting records were admitted (after [`PendingBudget::try_acquire`]) or failed.
+    pub fn sub_queued(&self, records: u64) {
+        self.queued.fetch_sub(records, Ordering::SeqCst);
+        self.notify();
+    }
+
+    /// Records waiting for room.
+    pub fn queued(&self) -> u64 {
+        self.queued.load(Ordering::SeqCst)
+    }
+
+    /// Records accepted (or waiting for room) and not yet resolved.
     pub fn pending_records(&self) -> u64 {
-        // Admission first: a record released in between is then counted in `releasing` (it is
-        // added there before it leaves admission), so nothing unresolved is ever missed; at
-        // worst a record is counted twice for an instant, which only delays a waiter.
+        // Waiting records first: one admitted in between is counted in admission (it is
+        // admitted before it leaves the queue); then admission: a record released in between is
+        // then counted in `releasing` (it is added there before it leaves admission), so nothing
+        // unresolved is ever missed; at worst a record is counted twice for an instant, which
+        // only delays a waiter.
+        let queued = self.queued.load(Ordering::SeqCst);
         let admitted = self.admitted.load(Ordering::SeqCst) >> BYTES_BITS;
-        admitted + self.releasing.load(Ordering::SeqCst)
+        queued + admitted + self.releasing.load(Ordering::SeqCst)
     }
 
     /// Payload bytes accepted and not yet resolved.

@@ -6,6 +6,7 @@
 //! resolving wakes every registered waker and runs every callback of the batch.
 
 use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -58,6 +59,25 @@ impl BatchOutcome {
 
 /// A user callback for one record.
 pub type Callback = Box<dyn FnOnce(Result<DeliveryReport, Error>) + Send + 'static>;
+
+/// Runs one user callback with its record's result, containing a panic: the panic is logged and
+/// reported (true), and whoever runs the callback goes on with the next one. Every callback of
+/// the SDK runs through here, so a panicking callback can neither leave its batch-mates
+/// unresolved nor take down the shard or the connection that resolved it.
+pub(crate) fn run_callback(callback: Callback, result: Result<DeliveryReport, Error>) -> bool {
+    let Err(panic) = std::panic::catch_unwind(AssertUnwindSafe(move || callback(result))) else {
+        return false;
+    };
+    let message = panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(not a string)");
+    tracing::error!(panic = message, "a delivery callback panicked; the panic was contained");
+    // A payload whose own drop panics must not escape either.
+    let _ = std::panic::catch_unwind(AssertUnwindSafe(move || drop(panic)));
+    true
+}
 
 /// The shared, resolve-once state of one batch.
 ///
@@ -183,5 +203,20 @@ mod tests {
         assert!(BatchCompletion::reuse(&mut completion));
         assert!(!completion.is_resolved(), "emptied for the next batch");
         assert!(completion.resolve(Err(Error::ProducerClosed)), "and resolvable again");
+    }
+
+    #[test]
+    fn a_panicking_callback_is_contained_and_reported() {
+        let ran = Arc::new(AtomicUsize::new(0));
+        let counted = ran.clone();
+        let fine: Callback = Box::new(move |_| {
+            counted.fetch_add(1, Ordering::SeqCst);
+        });
+        assert!(!run_callback(fine, Err(Error::ProducerClosed)));
+        let panics: Callback = Box::new(|_| panic!("user bug"));
+        assert!(run_callback(panics, Err(Error::ProducerClosed)));
+        let formatted: Callback = Box::new(|result| panic!("user bug: {result:?}"));
+        assert!(run_callback(formatted, Err(Error::QueueFull)));
+        assert_eq!(ran.load(Ordering::SeqCst), 1);
     }
 }

@@ -3,13 +3,43 @@
 //!
 //! A wake-up costs one atomic swap when the shard is already awake, and one waker call when it
 //! sleeps; senders wake a shard at most once per batch (see [`crate::engine::Appended::wake`]).
+//!
+//! It also holds the shard's wait queue: in blocking mode (`block_if_queue_full`), a record sent
+//! while the pending budget is full is owned by the producer from that call on. It waits here, in
+//! send order, and is moved into the accumulator as soon as there is room, by whichever thread
+//! sees room first (the sender right after queueing it, or the shard after it released room);
+//! while it waits, later records of the same shard wait behind it, so per-stream order holds.
+//! A record that waits longer than its timeout fails with
+//! [`Error::QueueFullTimeout`](crate::Error::QueueFullTimeout).
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
-use std::task::{Context, Poll, Waker};
-use std::time::Instant;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::{Duration, Instant};
 
-use crate::engine::BatchAccumulator;
+use crate::engine::completion::run_callback;
+use crate::engine::{BatchAccumulator, Callback, PendingBudget};
+use crate::error::Error;
+use crate::metrics::ProducerMetrics;
+use crate::record::Record;
+
+/// A record waiting for room in the pending budget, with what to call with its result.
+pub(crate) struct Waiting {
+    /// The record.
+    pub record: Record,
+    /// Called with the record's result (the application's callback, or the one that resolves
+    /// its [`DeliveryFuture`](crate::DeliveryFuture)).
+    pub callback: Callback,
+    /// When it started waiting.
+    pub since: Instant,
+}
+
+impl std::fmt::Debug for Waiting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Waiting").field("since", &self.since).finish_non_exhaustive()
+    }
+}
 
 /// Orders for a shard, beyond the records it finds in its accumulator.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,6 +66,11 @@ pub struct ShardShared {
     notified: AtomicBool,
     waker: Mutex<Option<Waker>>,
     failed_at_close: AtomicU64,
+    waiting: Mutex<VecDeque<Waiting>>,
+    /// Records in `waiting` (read without the lock on the send path).
+    waiting_len: AtomicUsize,
+    /// Set by the shard thread when it ends (see [`ShardShared::stop`]).
+    stopped: AtomicBool,
 }
 
 impl ShardShared {
@@ -47,7 +82,161 @@ impl ShardShared {
             notified: AtomicBool::new(false),
             waker: Mutex::new(None),
             failed_at_close: AtomicU64::new(0),
+            waiting: Mutex::new(VecDeque::new()),
+            waiting_len: AtomicUsize::new(0),
+            stopped: AtomicBool::new(false),
         }
+    }
+
+    /// For the shard thread as it ends: marks it stopped, then fails whatever still waits with
+    /// `error`. A sender that queues a record after this sees [`ShardShared::has_stopped`] and
+    /// fails the record itself, so none is left behind.
+    pub(crate) fn stop(&self, error: &Error, budget: &PendingBudget, metrics: &ProducerMetrics) {
+        self.stopped.store(true, Ordering::SeqCst);
+        self.fail_waiting(error, budget, metrics);
+    }
+
+    /// True once the shard thread ended.
+    pub(crate) fn has_stopped(&self) -> bool {
+        self.stopped.load(Ordering::SeqCst)
+    }
+
+    fn lock_waiting(&self) -> MutexGuard<'_, VecDeque<Waiting>> {
+        self.waiting.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Records in the wait queue.
+    pub(crate) fn waiting_len(&self) -> usize {
+        self.waiting_len.load(Ordering::SeqCst)
+    }
+
+    /// Queues a record that found no room; the budget counts it as pending from now on.
+    pub(crate) fn push_waiting(&self, budget: &PendingBudget, waiting: Waiting) {
+        budget.add_queued(1);
+        let mut queue = self.lock_waiting();
+        queue.push_back(waiting);
+        self.waiting_len.store(queue.len(), Ordering::SeqCst);
+    }
+
+    /// Moves waiting records, oldest first, into the accumulator while the budget has room
+    /// (also after the accumulator was closed: they were handed over before the close). Returns
+    /// the payload size of the first record still waiting, if any. Callable from any thread.
+    pub(crate) fn admit_waiting(
+        &self,
+        budget: &PendingBudget,
+        metrics: &ProducerMetrics,
+    ) -> Option<usize> {
+        if self.waiting_len() == 0 {
+            return None;
+        }
+        let mut failed = Vec::new();
+        let blocked = {
+            let mut queue = self.lock_waiting();
+            let mut wake = false;
+            let blocked = loop {
+                let Some(front) = queue.front() else { break None };
+                let bytes = front.record.payload().len();
+                if !budget.try_acquire(bytes) {
+                    break Some(bytes);
+                }
+                let Some(Waiting { record, callback, .. }) = queue.pop_front() else { break None };
+                let mut callback = Some((record.metadata(), callback));
+                let appended = self.accumulator().append_admitted(
+                    Instant::now,
+                    record.stream_id(),
+                    record.payload(),
+                    &mut callback,
+                );
+                budget.sub_queued(1);
+                match appended {
+                    Ok(appended) => wake |= appended.wake,
+                    Err(error) => {
+                        budget.release(1, bytes as u64);
+                        if let Some((_, callback)) = callback {
+                            failed.push((callback, error));
+                        } else {
+                            budget.settle(1);
+                        }
+                    }
+                }
+            };
+            self.waiting_len.store(queue.len(), Ordering::SeqCst);
+            if wake {
+                self.notify();
+            }
+            blocked
+        };
+        // Outside the lock: a callback may send again.
+        for (callback, error) in failed {
+            metrics.record_refused(&error);
+            if run_callback(callback, Err(error)) {
+                metrics.callback_panicked();
+            }
+            budget.settle(1);
+        }
+        blocked
+    }
+
+    /// Fails the records that have waited `timeout` or longer with `QueueFullTimeout`; returns
+    /// when the next one will have waited that long.
+    pub(crate) fn expire_waiting(
+        &self,
+        now: Instant,
+        timeout: Duration,
+        budget: &PendingBudget,
+        metrics: &ProducerMetrics,
+    ) -> Option<Instant> {
+        if self.waiting_len() == 0 {
+            return None;
+        }
+        let mut expired = Vec::new();
+        let next = {
+            let mut queue = self.lock_waiting();
+            while queue.front().is_some_and(|w| w.since + timeout <= now) {
+                expired.extend(queue.pop_front());
+            }
+            self.waiting_len.store(queue.len(), Ordering::SeqCst);
+            queue.front().map(|w| w.since + timeout)
+        };
+        for waiting in expired {
+            let waited = now.saturating_duration_since(waiting.since);
+            self.fail_one(waiting, Error::QueueFullTimeout { waited }, budget, metrics);
+        }
+        next
+    }
+
+    /// Fails every waiting record with `error` (producer dropped, close deadline); returns how
+    /// many.
+    pub(crate) fn fail_waiting(
+        &self,
+        error: &Error,
+        budget: &PendingBudget,
+        metrics: &ProducerMetrics,
+    ) -> u64 {
+        let all: Vec<Waiting> = {
+            let mut queue = self.lock_waiting();
+            self.waiting_len.store(0, Ordering::SeqCst);
+            queue.drain(..).collect()
+        };
+        let count = all.len() as u64;
+        for waiting in all {
+            self.fail_one(waiting, error.clone(), budget, metrics);
+        }
+        count
+    }
+
+    fn fail_one(
+        &self,
+        waiting: Waiting,
+        error: Error,
+        budget: &PendingBudget,
+        metrics: &ProducerMetrics,
+    ) {
+        metrics.record_refused(&error);
+        if run_callback(waiting.callback, Err(error)) {
+            metrics.callback_panicked();
+        }
+        budget.sub_queued(1);
     }
 
     /// Records the shard had to fail because the close deadline came first.
@@ -87,6 +276,17 @@ impl ShardShared {
         if let Some(waker) = waker {
             waker.wake();
         }
+    }
+
+    /// A waker that wakes this shard (registered with the budget while records wait for room).
+    pub(crate) fn waker(self: &Arc<Self>) -> Waker {
+        struct ShardWaker(Arc<ShardShared>);
+        impl Wake for ShardWaker {
+            fn wake(self: Arc<Self>) {
+                self.0.notify();
+            }
+        }
+        Waker::from(Arc::new(ShardWaker(self.clone())))
     }
 
     /// For the shard: ready once notified since the last call that returned ready.

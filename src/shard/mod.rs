@@ -11,16 +11,19 @@ mod endpoints;
 pub mod mailbox;
 mod transport;
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::task::Waker;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+pub(crate) use mailbox::Waiting;
 pub use mailbox::{Command, ShardShared};
 pub use transport::{probe_driver, Driver};
 
+use crate::engine::completion::run_callback;
 use crate::engine::PendingBudget;
 use crate::engine::{ConnId, EngineConfig, EngineEvent, FramePool, SealedBatch, ShardEngine};
 use crate::error::{codes, Error};
@@ -33,6 +36,10 @@ use transport::{connect, ConnTasks, Lost, SocketSettings};
 pub struct ShardSettings {
     /// Shard index (`wid`).
     pub index: usize,
+    /// The producer's ID (see [`on_shard_of`]).
+    pub producer_id: u64,
+    /// How long a record may wait for room in the pending budget (blocking mode).
+    pub waiting_timeout: Duration,
     /// The engine's settings.
     pub engine: EngineConfig,
     /// The frame buffers all shards share.
@@ -60,6 +67,17 @@ pub struct ShardSettings {
     pub metrics: ShardMetrics,
 }
 
+thread_local! {
+    /// The ID of the producer whose shard runs on this thread (0: not a shard thread).
+    static SHARD_OF: Cell<u64> = const { Cell::new(0) };
+}
+
+/// True on a shard thread of producer `producer_id`: in one of its delivery callbacks, where
+/// waiting for that producer's shards would wait for the caller itself.
+pub(crate) fn on_shard_of(producer_id: u64) -> bool {
+    SHARD_OF.with(Cell::get) == producer_id
+}
+
 /// Starts the shard thread. It runs until told to close (or abort) through `shared`.
 pub fn spawn(
     settings: ShardSettings,
@@ -67,6 +85,7 @@ pub fn spawn(
     budget: Arc<PendingBudget>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new().name(format!("inlong-shard-{}", settings.index)).spawn(move || {
+        SHARD_OF.with(|id| id.set(settings.producer_id));
         if let Some(core) = settings.core {
             if !core_affinity::set_for_current(core) {
                 tracing::debug!(shard = settings.index, "could not pin the shard thread");
@@ -77,16 +96,26 @@ pub fn spawn(
             Err(error) => {
                 // Probed a moment ago, so this is unexpected; fail the records, never hang them.
                 tracing::error!(shard = settings.index, %error, "shard runtime failed to start");
-                fail_everything(&shared, &budget, &Error::Transport(error.to_string()));
+                let error = Error::Transport(error.to_string());
+                fail_everything(&shared, &budget, &settings.metrics, &error);
+                shared.stop(&error, &budget, settings.metrics.producer());
                 return;
             }
         };
-        runtime.block_on(run(settings, shared, budget));
+        let metrics = settings.metrics.clone();
+        runtime.block_on(run(settings, shared.clone(), budget.clone()));
+        // Whatever still waits for room (only possible after an abort) fails now.
+        shared.stop(&Error::ProducerClosed, &budget, metrics.producer());
     })
 }
 
 /// Without a runtime: refuse new records and fail whatever is already accumulated.
-fn fail_everything(shared: &ShardShared, budget: &Arc<PendingBudget>, error: &Error) {
+fn fail_everything(
+    shared: &ShardShared,
+    budget: &Arc<PendingBudget>,
+    metrics: &ShardMetrics,
+    error: &Error,
+) {
     let mut sealed = Vec::new();
     {
         let mut accumulator = shared.accumulator();
@@ -96,7 +125,9 @@ fn fail_everything(shared: &ShardShared, budget: &Arc<PendingBudget>, error: &Er
     for batch in sealed {
         batch.completion.resolve(Err(error.clone()));
         for (_, _, callback) in batch.callbacks {
-            callback(Err(error.clone()));
+            if run_callback(callback, Err(error.clone())) {
+                metrics.callback_panicked();
+            }
         }
         budget.release(u64::from(batch.body.count()), batch.body.payload_bytes() as u64);
         budget.settle(u64::from(batch.body.count()));
@@ -121,17 +152,21 @@ struct Shell {
     connected: Rc<RefCell<Vec<Connected>>>,
     next_conn: ConnId,
     sealed: Vec<SealedBatch>,
+    budget: Arc<PendingBudget>,
+    /// Wakes this shard; registered with the budget while records wait for room.
+    waker: Waker,
 }
 
 async fn run(settings: ShardSettings, shared: Arc<ShardShared>, budget: Arc<PendingBudget>) {
     let engine = ShardEngine::new(
         settings.engine.clone(),
-        budget,
+        budget.clone(),
         settings.frames.clone(),
         settings.metrics.clone(),
     );
     let plan = EndpointPlan::new(settings.index, settings.endpoints.clone(), Instant::now());
     let sealed = crate::engine::buffers::resident_vec(settings.engine.inflight_capacity);
+    let waker = shared.waker();
     let mut shell = Shell {
         settings,
         engine: Rc::new(RefCell::new(engine)),
@@ -145,6 +180,8 @@ async fn run(settings: ShardSettings, shared: Arc<ShardShared>, budget: Arc<Pend
         connected: Rc::default(),
         next_conn: 1,
         sealed,
+        budget,
+        waker,
     };
     shell.main_loop().await;
     shell.shutdown();
@@ -168,12 +205,15 @@ impl Shell {
                     }
                     Command::Abort => {
                         self.shared.accumulator().close();
+                        let metrics = self.settings.metrics.producer();
+                        self.shared.fail_waiting(&Error::ProducerClosed, &self.budget, metrics);
                         self.take_sealed(now);
                         self.engine.borrow_mut().fail_all(now, &Error::ProducerClosed);
                         return;
                     }
                 }
             }
+            let waiting = self.admit_waiting(now);
             let linger = self.take_sealed(now);
             self.handle_connections(now);
             {
@@ -188,24 +228,29 @@ impl Shell {
             self.transmit(now);
 
             if let Some(deadline) = closing {
-                let idle = self.engine.borrow().inflight() == 0;
+                let idle = self.engine.borrow().inflight() == 0 && self.shared.waiting_len() == 0;
                 if idle {
                     return;
                 }
                 if now >= deadline {
-                    let undelivered = self.engine.borrow().pending_records();
+                    let waiting = self.shared.waiting_len() as u64;
+                    let undelivered = self.engine.borrow().pending_records() + waiting;
                     tracing::warn!(
                         shard = self.settings.index,
                         undelivered,
                         "close deadline reached"
                     );
                     self.shared.add_failed_at_close(undelivered);
-                    self.engine.borrow_mut().fail_all(now, &Error::FlushTimeout { undelivered });
+                    let error = Error::FlushTimeout { undelivered };
+                    let metrics = self.settings.metrics.producer();
+                    self.shared.fail_waiting(&error, &self.budget, metrics);
+                    self.engine.borrow_mut().fail_all(now, &error);
                     return;
                 }
             }
 
             let mut wake_at = [
+                waiting,
                 linger,
                 self.engine.borrow().poll_timeout(),
                 closing,
@@ -219,6 +264,24 @@ impl Shell {
             }
             transport::wait(&self.shared, wake_at).await;
         }
+    }
+
+    /// Moves records waiting for room into the accumulator while there is room, fails those that
+    /// waited too long, and has the shard woken when room comes back; returns when the oldest
+    /// waiting record times out.
+    fn admit_waiting(&mut self, now: Instant) -> Option<Instant> {
+        if self.shared.waiting_len() == 0 {
+            return None;
+        }
+        let metrics = self.settings.metrics.producer();
+        if let Some(bytes) = self.shared.admit_waiting(&self.budget, metrics) {
+            // Room comes back when any shard resolves a batch: be woken then.
+            if !self.budget.register(&self.waker, |budget| budget.is_full_for(bytes)) {
+                self.shared.notify();
+            }
+        }
+        let timeout = self.settings.waiting_timeout;
+        self.shared.expire_waiting(now, timeout, &self.budget, metrics)
     }
 
     /// Seals lingering batches, moves sealed ones into the engine; returns the next linger

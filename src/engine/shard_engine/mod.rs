@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use super::accumulator::{SealedBatch, SPARE_BODIES};
 use super::budget::PendingBudget;
 use super::buffers::{resident_vec, BufferPool, FramePool};
-use super::completion::{BatchCompletion, BatchOutcome, Callback};
+use super::completion::{run_callback, BatchCompletion, BatchOutcome, Callback};
 use crate::error::Error;
 use crate::metrics::ShardMetrics;
 use crate::protocol::{
@@ -968,7 +968,9 @@ fn finish(
             Ok(outcome) => Ok(outcome.report(metadata)),
             Err(error) => Err(error.clone()),
         };
-        callback(result);
+        if run_callback(callback, result) {
+            metrics.callback_panicked();
+        }
     }
     if let Err(error) = &outcome {
         tracing::debug!(stream = %batch.stream_id, records = batch.records, %error, "batch failed");

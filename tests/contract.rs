@@ -1,0 +1,319 @@
+//! The delivery contract against what the application's own code does: callbacks that panic,
+//! callbacks that flush, close or drop the producer, futures dropped unpolled in blocking mode,
+//! and records that could never be delivered. On both I/O drivers; every wait is bounded.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use inlong_dataproxy::server::{LocalCluster, NodeConfig};
+use inlong_dataproxy::{
+    DeliveryReport, Error, MetricsRegistry, Producer, ProducerBuilder, Record, Transport,
+};
+
+fn transports() -> Vec<Transport> {
+    if std::env::var_os("INLONG_SKIP_IO_URING").is_some() {
+        vec![Transport::Epoll]
+    } else {
+        vec![Transport::IoUring, Transport::Epoll]
+    }
+}
+
+fn cluster() -> LocalCluster {
+    LocalCluster::builder()
+        .nodes(1)
+        .node_config(NodeConfig { ledger: true, ..NodeConfig::default() })
+        .start()
+        .expect("local cluster")
+}
+
+fn builder(cluster: &LocalCluster, transport: Transport) -> ProducerBuilder {
+    Producer::builder()
+        .group_id("test_group")
+        .manager_url(cluster.manager_url())
+        .node_list_cache(false)
+        .transport(transport)
+        .shards(2)
+        .send_timeout(Duration::from_secs(20))
+}
+
+type Outcome = (usize, Result<DeliveryReport, Error>);
+
+/// Takes `count` outcomes, failing the test if they do not all arrive within `limit`.
+fn collect(rx: &Receiver<Outcome>, count: usize, limit: Duration, what: &str) -> Vec<Outcome> {
+    let deadline = Instant::now() + limit;
+    let mut out = Vec::with_capacity(count);
+    while out.len() < count {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(outcome) => out.push(outcome),
+            Err(_) => panic!("{what}: only {} of {count} outcomes within {limit:?}", out.len()),
+        }
+    }
+    out.sort_by_key(|(i, _)| *i);
+    out
+}
+
+fn sample(registry: &MetricsRegistry, series: &str) -> f64 {
+    let text = registry.encode_text();
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no series {series} in\n{text}"))
+}
+
+#[test]
+fn a_panicking_callback_is_contained_and_its_batch_mates_resolve() {
+    for transport in transports() {
+        let cluster = cluster();
+        let registry = MetricsRegistry::new(prometheus::Registry::new());
+        let producer = builder(&cluster, transport)
+            .metrics_name("panics")
+            .metrics_registry(registry.clone())
+            .batching_max_publish_delay(Duration::from_millis(50))
+            .build()
+            .unwrap();
+        let (tx, rx) = mpsc::channel::<Outcome>();
+        for i in 0..10 {
+            let tx = tx.clone();
+            let record = Record::new("panicky", format!("record {i}"));
+            producer.send_with_callback(record, move |result| {
+                if i == 3 {
+                    panic!("a bug in the application's callback");
+                }
+                let _ = tx.send((i, result));
+            });
+        }
+        let outcomes = collect(&rx, 9, Duration::from_secs(10), "batch-mates of a panic");
+        assert!(outcomes.iter().all(|(_, r)| r.is_ok()), "{transport:?}: {outcomes:?}");
+        assert_eq!(producer.flush_blocking(Duration::from_secs(5)), Ok(()), "budget given back");
+        assert_eq!(producer.stats().callback_panics, 1);
+        assert_eq!(sample(&registry, r#"data_proxy_callback_panic_count{name="panics"}"#), 1.0);
+        // The connection that carried the batch still reads its replies: the next records are
+        // acked long before the 20 s send timeout.
+        let started = Instant::now();
+        for i in 10..20 {
+            let tx = tx.clone();
+            producer.send_with_callback(Record::new("panicky", format!("record {i}")), move |r| {
+                let _ = tx.send((i, r));
+            });
+        }
+        let later = collect(&rx, 10, Duration::from_secs(5), "records after the panic");
+        assert!(later.iter().all(|(_, r)| r.as_ref().is_ok_and(|r| r.retries == 0)), "{later:?}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert_eq!(producer.close_blocking(Duration::from_secs(5)), Ok(()));
+        assert_eq!(cluster.stats().records, 20, "{transport:?}");
+    }
+}
+
+#[test]
+fn close_and_flush_from_a_callback_start_without_waiting_for_themselves() {
+    for transport in transports() {
+        let cluster = cluster();
+        let producer = Arc::new(
+            builder(&cluster, transport)
+                .batching_max_publish_delay(Duration::from_millis(50))
+                .build()
+                .unwrap(),
+        );
+        // flush from a callback: returns at once, the shard is not held up.
+        let (tx, rx) = mpsc::channel::<Outcome>();
+        let (flushed_tx, flushed_rx) = mpsc::channel();
+        let inner = producer.clone();
+        producer.send_with_callback(Record::new("s", "first"), move |result| {
+            let started = Instant::now();
+            let flushed = inner.flush_blocking(Duration::from_secs(10));
+            let _ = flushed_tx.send((flushed, started.elapsed()));
+            let _ = tx.send((0, result));
+        });
+        let (flushed, took) = flushed_rx.recv_timeout(Duration::from_secs(10)).expect("flush");
+        assert!(
+            matches!(flushed, Err(Error::InCallback { operation: "flush", .. })),
+            "{flushed:?}"
+        );
+        assert!(took < Duration::from_secs(1), "flush in a callback took {took:?}");
+        collect(&rx, 1, Duration::from_secs(5), "the flushing callback's record");
+
+        // close from a callback: starts the close, returns at once; the batch-mates are still
+        // delivered, and a close from outside then waits for the end as usual.
+        let (tx, rx) = mpsc::channel::<Outcome>();
+        let (closed_tx, closed_rx) = mpsc::channel();
+        for i in 0..5 {
+            let (tx, closed_tx, inner) = (tx.clone(), closed_tx.clone(), producer.clone());
+            producer.send_with_callback(Record::new("s", format!("r{i}")), move |result| {
+                if i == 0 {
+                    let started = Instant::now();
+                    let closed = inner.close_blocking(Duration::from_secs(5));
+                    let _ = closed_tx.send((closed, started.elapsed()));
+                }
+                let _ = tx.send((i, result));
+            });
+        }
+        let (closed, took) = closed_rx.recv_timeout(Duration::from_secs(10)).expect("close");
+        assert!(matches!(closed, Err(Error::InCallback { operation: "close", .. })), "{closed:?}");
+        assert!(took < Duration::from_secs(1), "close in a callback took {took:?}");
+        let outcomes = collect(&rx, 5, Duration::from_secs(10), "batch-mates of a close");
+        assert!(outcomes.iter().all(|(_, r)| r.is_ok()), "{outcomes:?}");
+        let refused = producer.send(Record::new("s", "after close")).wait();
+        assert_eq!(refused, Err(Error::ProducerClosed));
+        assert_eq!(producer.close_blocking(Duration::from_secs(5)), Ok(()));
+        assert_eq!(producer.stats().callback_panics, 0);
+        assert_eq!(cluster.stats().records, 6, "{transport:?}");
+    }
+}
+
+#[test]
+fn dropping_the_last_producer_in_a_callback_resolves_everything() {
+    for transport in transports() {
+        let cluster = cluster();
+        cluster.node(0).update_faults(|f| f.ack_delay = Duration::from_millis(200));
+        let registry = MetricsRegistry::new(prometheus::Registry::new());
+        let producer = Arc::new(
+            builder(&cluster, transport)
+                .metrics_name("drops")
+                .metrics_registry(registry.clone())
+                .batching_max_publish_delay(Duration::from_millis(20))
+                .build()
+                .unwrap(),
+        );
+        let holder = Arc::new(Mutex::new(Some(producer.clone())));
+        let (tx, rx) = mpsc::channel::<Outcome>();
+        for i in 0..5 {
+            let (tx, holder) = (tx.clone(), holder.clone());
+            producer.send_with_callback(Record::new("s", format!("r{i}")), move |result| {
+                if i == 0 {
+                    // The last `Arc<Producer>`: the producer is dropped here, on its shard.
+                    drop(holder.lock().unwrap().take());
+                }
+                let _ = tx.send((i, result));
+            });
+        }
+        // Later records, in another batch, still pending when the producer goes.
+        std::thread::sleep(Duration::from_millis(60));
+        for i in 5..10 {
+            let tx = tx.clone();
+            producer.send_with_callback(Record::new("s", format!("r{i}")), move |result| {
+                let _ = tx.send((i, result));
+            });
+        }
+        drop(producer);
+        let outcomes = collect(&rx, 10, Duration::from_secs(10), "records of a dropped producer");
+        assert!(outcomes[..5].iter().all(|(_, r)| r.is_ok()), "{outcomes:?}");
+        assert!(
+            outcomes[5..].iter().all(|(_, r)| matches!(r, Ok(_) | Err(Error::ProducerClosed))),
+            "{outcomes:?}"
+        );
+        assert_eq!(sample(&registry, r#"data_proxy_callback_panic_count{name="drops"}"#), 0.0);
+    }
+}
+
+#[test]
+fn blocking_mode_owns_every_record_even_when_its_future_is_dropped() {
+    for transport in transports() {
+        let cluster = cluster();
+        cluster.node(0).update_faults(|f| f.ack_delay = Duration::from_millis(300));
+        let producer = builder(&cluster, transport)
+            .block_if_queue_full(true)
+            .max_pending_messages(1000)
+            .batching_max_messages(100)
+            .build()
+            .unwrap();
+        let streams = ["ordered-a", "ordered-b", "ordered-c"];
+        for i in 0..5000 {
+            let stream = streams[i % streams.len()];
+            // Fire and forget: the future is dropped at once, never polled.
+            drop(producer.send(Record::new(stream, format!("{stream}:{i:05}"))));
+        }
+        assert!(producer.in_flight_count() > 1000, "waiting records count as pending");
+        assert_eq!(producer.flush_blocking(Duration::from_secs(60)), Ok(()), "{transport:?}");
+        assert_eq!(producer.in_flight_count(), 0);
+        let ledger = cluster.ledger();
+        for stream in streams {
+            let got: Vec<String> = ledger
+                .get(stream)
+                .map(|records| {
+                    records.iter().map(|r| String::from_utf8_lossy(r).into_owned()).collect()
+                })
+                .unwrap_or_default();
+            let sent: Vec<String> = (0..5000)
+                .filter(|i| streams[i % streams.len()] == stream)
+                .map(|i| format!("{stream}:{i:05}"))
+                .collect();
+            assert_eq!(got.len(), sent.len(), "{transport:?} {stream}: every record delivered");
+            assert!(got == sent, "{transport:?} {stream}: records out of order");
+        }
+        let stats = producer.stats();
+        assert_eq!((stats.records_acked, stats.records_failed), (5000, 0));
+        assert_eq!(producer.close_blocking(Duration::from_secs(5)), Ok(()));
+    }
+}
+
+#[test]
+fn records_waiting_for_room_fail_after_the_send_timeout_and_close_counts_them() {
+    for transport in transports() {
+        let cluster = cluster();
+        cluster.node(0).update_faults(|f| f.silent = true);
+        let producer = builder(&cluster, transport)
+            .block_if_queue_full(true)
+            .max_pending_messages(10)
+            .batching_max_messages(10)
+            .send_timeout(Duration::from_millis(800))
+            .max_retries(0)
+            .build()
+            .unwrap();
+        let (tx, rx) = mpsc::channel::<Outcome>();
+        let started = Instant::now();
+        for i in 0..30 {
+            let tx = tx.clone();
+            producer.send_with_callback(Record::new("s", format!("r{i}")), move |result| {
+                let _ = tx.send((i, result));
+            });
+        }
+        assert_eq!(producer.in_flight_count(), 30);
+        let outcomes = collect(&rx, 30, Duration::from_secs(15), "waiting records");
+        let kinds: Vec<u32> =
+            outcomes.iter().map(|(_, r)| r.as_ref().unwrap_err().code()).collect();
+        assert!(kinds.iter().all(|code| [10001, 10005].contains(code)), "{kinds:?}");
+        assert!(kinds.contains(&10005), "some records timed out waiting for room: {kinds:?}");
+        // Each waited at most one send timeout for room, then at most its attempts' bound.
+        assert!(started.elapsed() < Duration::from_secs(6), "took {:?}", started.elapsed());
+        assert_eq!(producer.in_flight_count(), 0);
+
+        // Records still waiting at the close deadline are counted as undelivered.
+        for i in 0..25 {
+            drop(producer.send(Record::new("s", format!("late {i}"))));
+        }
+        let closed = producer.close_blocking(Duration::from_millis(300));
+        assert_eq!(closed, Err(Error::FlushTimeout { undelivered: 25 }), "{transport:?}");
+        assert_eq!(producer.in_flight_count(), 0);
+    }
+}
+
+#[test]
+fn waiting_records_keep_their_order_behind_try_send_and_send_blocking() {
+    let cluster = cluster();
+    cluster.node(0).update_faults(|f| f.ack_delay = Duration::from_millis(100));
+    let producer = builder(&cluster, Transport::Auto)
+        .block_if_queue_full(true)
+        .max_pending_messages(20)
+        .batching_max_messages(10)
+        .build()
+        .unwrap();
+    let sent = Arc::new(AtomicU64::new(0));
+    for i in 0..60 {
+        drop(producer.send(Record::new("one", format!("{i:03}"))));
+        sent.fetch_add(1, Ordering::SeqCst);
+    }
+    // Records of the same stream wait behind those already waiting.
+    let refused = producer.try_send(Record::new("one", "jumps the queue"));
+    assert!(matches!(refused, Err((Error::QueueFull, _))));
+    let future =
+        producer.send_blocking(Record::new("one", "060"), Duration::from_secs(20)).unwrap();
+    assert!(future.wait().is_ok());
+    assert_eq!(producer.flush_blocking(Duration::from_secs(20)), Ok(()));
+    let got: Vec<String> =
+        cluster.ledger()["one"].iter().map(|r| String::from_utf8_lossy(r).into_owned()).collect();
+    let expected: Vec<String> = (0..=60).map(|i| format!("{i:03}")).collect();
+    assert_eq!(got, expected);
+    assert_eq!(producer.close_blocking(Duration::from_secs(5)), Ok(()));
+}
