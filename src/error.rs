@@ -97,6 +97,24 @@ pub enum Error {
         /// The frame size limit in force.
         limit: usize,
     },
+    /// The record's payload is larger than the largest one its stream's frames can carry: the
+    /// frame size limit less the frame's fixed part and attributes, and, with compression on,
+    /// less Snappy's worst-case growth (the limit is checked before compressing).
+    #[error(
+        "record too long: {record_len} bytes exceeds the largest record of this stream, \
+         {max_record_len} bytes (frame limit {max_frame_len} bytes{})",
+        if *.compressed { ", less the attributes and Snappy's worst case" } else { ", less the attributes" }
+    )]
+    RecordTooLong {
+        /// The payload's length.
+        record_len: usize,
+        /// The largest payload a record of this stream can have.
+        max_record_len: usize,
+        /// The frame size limit in force.
+        max_frame_len: usize,
+        /// Whether compression is on (its worst case lowers the limit).
+        compressed: bool,
+    },
     /// A producer option is out of range.
     #[error("invalid option {option}: {reason}")]
     InvalidConfig {
@@ -125,7 +143,8 @@ pub enum Error {
         batch_id: u64,
         /// Attempts made.
         attempts: u32,
-        /// What went wrong on the last attempt.
+        /// What went wrong on the last attempt (also [`std::error::Error::source`]).
+        #[source]
         last_error: Option<Box<Error>>,
     },
     /// A DataProxy node answered with an `errCode` that is not retried.
@@ -190,7 +209,7 @@ pub enum Error {
     Transport(String),
     /// The Manager lookup failed (unreachable, auth, rejected, bad answer).
     #[error("manager lookup failed: {0}")]
-    Discovery(crate::discovery::DiscoveryError),
+    Discovery(#[source] crate::discovery::DiscoveryError),
 }
 
 fn cause_suffix(cause: &Option<Box<Error>>) -> String {
@@ -206,7 +225,7 @@ impl Error {
     pub fn code(&self) -> u32 {
         match self {
             Error::InvalidField { .. } | Error::InvalidPayload { .. } => codes::INPUT_LOG_INVALID,
-            Error::TooLong { .. } => codes::INPUT_LOG_TOO_LONG,
+            Error::TooLong { .. } | Error::RecordTooLong { .. } => codes::INPUT_LOG_TOO_LONG,
             Error::ProducerClosed => codes::PRODUCER_CLOSED,
             Error::QueueFull => codes::SEND_QUEUE_FULL,
             Error::QueueFullTimeout { .. } => codes::CONTEXT_EXPIRED,
@@ -263,6 +282,20 @@ mod tests {
         };
         assert_eq!((timeout.code(), timeout.server_code()), (10001, Some(1)));
         assert!(timeout.to_string().contains("after 3 attempt(s): server"));
+        let cause = std::error::Error::source(&timeout).expect("the last error is the source");
+        assert_eq!(cause.to_string(), "server 127.0.0.1:1 refused batch 9 with errCode 1");
+        let record = Error::RecordTooLong {
+            record_len: 500_186,
+            max_record_len: 449_012,
+            max_frame_len: 524_288,
+            compressed: true,
+        };
+        assert_eq!(record.code(), 10009);
+        assert_eq!(
+            record.to_string(),
+            "record too long: 500186 bytes exceeds the largest record of this stream, 449012 \
+             bytes (frame limit 524288 bytes, less the attributes and Snappy's worst case)"
+        );
         assert_eq!(Error::QueueFull.code(), 10004);
         assert_eq!(Error::ProducerClosed.code(), 10003);
         assert_eq!(Error::NoEndpoints.to_string(), "service has no endpoints");

@@ -277,7 +277,8 @@ fn records_waiting_for_room_fail_after_the_send_timeout_and_close_counts_them() 
         assert!(kinds.contains(&10005), "some records timed out waiting for room: {kinds:?}");
         // Each waited at most one send timeout for room, then at most its attempts' bound.
         assert!(started.elapsed() < Duration::from_secs(6), "took {:?}", started.elapsed());
-        assert_eq!(producer.in_flight_count(), 0);
+        // (Room is given back just after the callbacks ran.)
+        assert_eq!(producer.flush_blocking(Duration::from_secs(2)), Ok(()));
 
         // Records still waiting at the close deadline are counted as undelivered.
         for i in 0..25 {
@@ -316,4 +317,70 @@ fn waiting_records_keep_their_order_behind_try_send_and_send_blocking() {
     let expected: Vec<String> = (0..=60).map(|i| format!("{i:03}")).collect();
     assert_eq!(got, expected);
     assert_eq!(producer.close_blocking(Duration::from_secs(5)), Ok(()));
+}
+
+#[test]
+fn ids_too_long_for_any_reply_are_refused_at_send_and_the_longest_allowed_are_delivered() {
+    let cluster = cluster();
+    let longest_group = "g".repeat(1024);
+    let column = "c".repeat(16 * 1024 - 4);
+    let producer = builder(&cluster, Transport::Auto)
+        .group_id(longest_group.clone())
+        .add_column("k", column)
+        .build()
+        .unwrap();
+    // A stream ID the server would echo into a reply over 64 KiB: refused before anything is
+    // sent, with a typed error that quotes only a prefix of it.
+    let huge = "s".repeat(70_000);
+    let refused = producer.send(Record::new(huge, "x"));
+    assert!(refused.is_resolved(), "refused at send, not after attempts");
+    let error = refused.wait().unwrap_err();
+    assert_eq!(error.code(), 10010, "{error}");
+    assert!(error.to_string().len() < 300, "{error}");
+    let just_over = producer.send(Record::new("s".repeat(1025), "x")).wait().unwrap_err();
+    assert_eq!(just_over.code(), 10010);
+    // IDs and add-columns at their limits: every reply still fits and the record is acked.
+    let report = producer.send(Record::new("s".repeat(1024), "x")).wait();
+    assert!(report.is_ok_and(|r| r.retries == 0));
+    assert_eq!(producer.close_blocking(Duration::from_secs(5)), Ok(()));
+    assert_eq!(cluster.stats().records, 1);
+    let too_long_group = builder(&cluster, Transport::Auto).group_id("g".repeat(1025)).build();
+    assert_eq!(too_long_group.unwrap_err().code(), 10010);
+}
+
+#[test]
+fn a_record_too_long_is_refused_with_the_limit_that_applies_to_it() {
+    let cluster = cluster();
+    for compression in [true, false] {
+        let producer = builder(&cluster, Transport::Auto).compression(compression).build().unwrap();
+        let limit = producer.config().max_packet_length;
+        let error = producer.send(Record::new("big", vec![b'x'; limit])).wait();
+        let error = error.unwrap_err();
+        let Error::RecordTooLong { record_len, max_record_len, .. } = error else {
+            panic!("compression {compression}: {error:?}")
+        };
+        assert!(record_len > max_record_len, "{error}");
+        // The limit the error states is exact: a record of that size is delivered.
+        let fits = producer.send(Record::new("big", vec![b'y'; max_record_len])).wait();
+        assert!(fits.is_ok(), "compression {compression}: {max_record_len} bytes: {fits:?}");
+        let over = producer.send(Record::new("big", vec![b'y'; max_record_len + 1])).wait();
+        assert!(matches!(over, Err(Error::RecordTooLong { .. })), "{over:?}");
+        assert_eq!(producer.close_blocking(Duration::from_secs(5)), Ok(()));
+    }
+}
+
+#[test]
+fn a_send_timeout_chains_its_cause_as_the_error_source() {
+    let cluster = cluster();
+    cluster.node(0).update_faults(|f| f.silent = true);
+    let producer = builder(&cluster, Transport::Auto)
+        .send_timeout(Duration::from_millis(300))
+        .max_retries(0)
+        .build()
+        .unwrap();
+    let error = producer.send(Record::new("s", "x")).wait().unwrap_err();
+    assert_eq!(error.code(), 10001);
+    let source = std::error::Error::source(&error).expect("a send timeout has a cause");
+    assert!(source.to_string().starts_with("no ack from 127.0.0.1:"), "{source}");
+    assert_eq!(producer.close_blocking(Duration::from_millis(100)), Ok(()));
 }

@@ -250,10 +250,13 @@ impl BatchAccumulator {
         protocol::validate_id(Field::StreamId, stream)?;
         let max_body_len = self.limits.max_body_len(stream.len());
         if entry_len > max_body_len {
-            let fixed = TEXT_FRAME_OVERHEAD + self.limits.attr_overhead + stream.len();
-            return Err(Error::TooLong {
-                frame_len: fixed + entry_len,
-                limit: self.limits.max_frame_len,
+            // `entry_len` is the payload, less a trailing newline, plus its 4-byte length.
+            let newline = usize::from(payload.ends_with(b"\n"));
+            return Err(Error::RecordTooLong {
+                record_len: payload.len(),
+                max_record_len: (max_body_len + newline).saturating_sub(4),
+                max_frame_len: self.limits.max_frame_len,
+                compressed: self.limits.compression && max_body_len > COMPRESS_THRESHOLD,
             });
         }
         // A new body starts at the size of the last sealed one, so it does not grow by doubling
@@ -517,7 +520,20 @@ mod tests {
         assert_eq!(sealed[0].body.count(), 1);
         let giant = vec![b'g'; 5000];
         let err = acc.append(now, &stream("s"), &giant, &mut None).unwrap_err();
-        assert!(matches!(err, Error::TooLong { limit: 4096, .. }), "{err:?}");
+        let Error::RecordTooLong { record_len, max_record_len, max_frame_len, .. } = err else {
+            panic!("{err:?}")
+        };
+        assert_eq!((record_len, max_frame_len), (5000, 4096));
+        assert_eq!(max_record_len, limits().max_body_len(1) - 4);
+        // The largest record the error names is taken; one byte more is not.
+        let mut fresh = BatchAccumulator::new(limits());
+        let fits = vec![b'f'; max_record_len];
+        fresh.append(now, &stream("s"), &fits, &mut None).unwrap();
+        let over = vec![b'o'; max_record_len + 1];
+        assert!(matches!(
+            fresh.append(now, &stream("s"), &over, &mut None),
+            Err(Error::RecordTooLong { .. })
+        ));
     }
 
     #[test]

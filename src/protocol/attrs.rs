@@ -32,10 +32,41 @@ pub const RESERVED_ATTR_KEYS: &[&str] = &[
     "errMsg",
 ];
 
-/// Checks a group or stream ID: non-empty, no whitespace, no `&` or `=`.
+/// The longest group or stream ID, in bytes.
+///
+/// A DataProxy node echoes a batch's whole attribute string in its reply, twice for some error
+/// codes (96, 109, 123 copy it into `errMsg`), and a client reads replies of at most 64 KiB
+/// (`MAX_REPLY_FRAME_LEN`). Attributes of unbounded size would make every reply unreadable: the
+/// batch would be sent again and again and fail as a lost connection. With IDs and add-columns
+/// within these limits, the attribute string stays under 19 KiB and every reply fits. (InLong's
+/// Manager itself allows far shorter IDs.)
+pub const MAX_ID_LEN: usize = 1024;
+/// The longest encoded add-columns (`&k1=v1&k2=v2…`), in bytes (see [`MAX_ID_LEN`]).
+pub const MAX_ADD_COLUMNS_LEN: usize = 16 * 1024;
+
+/// How much of a refused value an error quotes: enough to recognise it, not a 64 KiB copy.
+const QUOTED_PREFIX: usize = 64;
+
+/// The value as an error quotes it: whole when short, else its first [`QUOTED_PREFIX`] bytes
+/// (at a character boundary), `…` and its length.
+pub(crate) fn quoted(value: &str) -> String {
+    if value.len() <= QUOTED_PREFIX {
+        return value.to_owned();
+    }
+    let mut end = QUOTED_PREFIX;
+    while !value.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes)", &value[..end], value.len())
+}
+
+/// Checks a group or stream ID: non-empty, at most [`MAX_ID_LEN`] bytes, no whitespace, no `&`
+/// or `=`.
 pub fn validate_id(field: Field, value: &str) -> Result<(), Error> {
     let reason = if value.is_empty() {
         "must not be empty"
+    } else if value.len() > MAX_ID_LEN {
+        "must be at most 1024 bytes long"
     } else if value.chars().any(char::is_whitespace) {
         "must not contain whitespace"
     } else if value.contains(['&', '=']) {
@@ -43,7 +74,7 @@ pub fn validate_id(field: Field, value: &str) -> Result<(), Error> {
     } else {
         return Ok(());
     };
-    Err(Error::InvalidField { field, value: value.to_owned(), reason })
+    Err(Error::InvalidField { field, value: quoted(value), reason })
 }
 
 /// Checks a record payload: not empty, and not a lone `"\n"` (which the trailing-newline rule
@@ -60,7 +91,7 @@ pub fn validate_payload(payload: &[u8]) -> Result<(), Error> {
 
 fn validate_add_column(key: &str, value: &str) -> Result<(), Error> {
     let invalid = |field, value: &str, reason| {
-        Err(Error::InvalidField { field, value: value.to_owned(), reason })
+        Err(Error::InvalidField { field, value: quoted(value), reason })
     };
     if key.is_empty() {
         return invalid(Field::AddColumnKey, key, "must not be empty");
@@ -129,6 +160,13 @@ impl AddColumns {
             encoded.push('=');
             encoded.push_str(value);
         }
+        if encoded.len() > MAX_ADD_COLUMNS_LEN {
+            return Err(Error::InvalidField {
+                field: Field::AddColumnValue,
+                value: quoted(&encoded[1..]),
+                reason: "add-columns must be at most 16384 bytes in all",
+            });
+        }
         Ok(AddColumns { encoded })
     }
 
@@ -155,6 +193,33 @@ mod tests {
             assert_eq!(err.code(), 10010, "{bad:?}");
             assert!(matches!(err, Error::InvalidField { field: Field::StreamId, .. }));
         }
+    }
+
+    #[test]
+    fn ids_and_add_columns_have_length_limits_and_errors_quote_a_prefix() {
+        let longest = "s".repeat(MAX_ID_LEN);
+        assert!(validate_id(Field::StreamId, &longest).is_ok());
+        let huge = "é".repeat(40_000);
+        let err = validate_id(Field::StreamId, &huge).unwrap_err();
+        assert_eq!(err.code(), 10010);
+        let Error::InvalidField { value, reason, .. } = &err else { panic!("{err:?}") };
+        assert!(value.len() < 100 && value.ends_with("… (80000 bytes)"), "{value}");
+        assert!(reason.contains("1024"));
+        let value = "v".repeat(MAX_ADD_COLUMNS_LEN / 2);
+        assert!(AddColumns::new([("a", value.as_str())], "ip").is_ok());
+        let err = AddColumns::new([("a", value.as_str()), ("b", value.as_str())], "ip");
+        assert!(matches!(err, Err(Error::InvalidField { field: Field::AddColumnValue, .. })));
+    }
+
+    #[test]
+    fn the_longest_attributes_leave_every_reply_readable() {
+        // The attribute string at its largest: IDs and add-columns at their limits, plus what
+        // the SDK writes (`dt`, `mid`, `sid`, `wid`, `cnt`, `cp`; generously 300 bytes).
+        let attrs = 2 * MAX_ID_LEN + MAX_ADD_COLUMNS_LEN + 300;
+        // The worst reply: header, body, `dpIp`, `rt`/`rtms`, an `errCode`, an `errMsg` quoting
+        // the attributes, and the echoed attributes themselves.
+        let reply = 13 + 1 + 200 + 2 * attrs;
+        assert!(reply <= crate::protocol::MAX_REPLY_FRAME_LEN, "{reply}");
     }
 
     #[test]
