@@ -328,7 +328,8 @@ impl Producer {
             accumulator.reserve_sealed(inflight_capacity);
             accumulator.keep_completions(inflight_capacity);
             accumulator.share_pool(frames.clone());
-            let shared = Arc::new(ShardShared::new(accumulator));
+            let shared =
+                Arc::new(ShardShared::new(accumulator, shard::shard_key(producer_id, index)));
             let settings = ShardSettings {
                 index,
                 producer_id,
@@ -409,12 +410,13 @@ impl Producer {
     /// otherwise it fails at once with [`Error::QueueFull`] (10004).
     pub fn send(&self, record: Record) -> DeliveryFuture {
         match self.inner.enqueue(record, &mut None) {
-            Ok((completion, metadata)) => DeliveryFuture::pending(completion, metadata),
+            Ok(accepted) => DeliveryFuture::pending(accepted),
             Err((Error::QueueFull, record)) if self.inner.config.block_if_queue_full => {
                 let slot = Arc::new(QueuedSlot::default());
                 let resolver = slot.clone();
+                let shard = self.inner.shard_for(&record).key();
                 self.inner.wait_for_room(record, Box::new(move |result| resolver.resolve(result)));
-                DeliveryFuture { state: FutureState::Queued(slot) }
+                DeliveryFuture { state: FutureState::Queued(slot), shard }
             }
             Err((error, _)) => {
                 self.inner.refused_if_full(&error);
@@ -457,7 +459,7 @@ impl Producer {
     #[allow(clippy::result_large_err)] // The record is handed back, as rdkafka's `send_result`.
     pub fn try_send(&self, record: Record) -> Result<DeliveryFuture, (Error, Record)> {
         match self.inner.enqueue(record, &mut None) {
-            Ok((completion, metadata)) => Ok(DeliveryFuture::pending(completion, metadata)),
+            Ok(accepted) => Ok(DeliveryFuture::pending(accepted)),
             Err((error, record)) => {
                 self.inner.refused_if_full(&error);
                 Err((error, record))
@@ -468,20 +470,23 @@ impl Producer {
     /// For plain threads: waits up to `timeout` for room in the queue, then sends. Fails with
     /// [`Error::QueueFullTimeout`] (10005) when no room appeared in time. Wait for the delivery
     /// itself with [`DeliveryFuture::wait`].
+    ///
+    /// In a delivery callback of this producer it does not wait (room comes back only once the
+    /// callback's own shard goes on): a full queue then fails at once with `QueueFullTimeout`.
     pub fn send_blocking(
         &self,
         record: Record,
         timeout: Duration,
     ) -> Result<DeliveryFuture, Error> {
+        let timeout =
+            if self.inner.in_callback("send").is_some() { Duration::ZERO } else { timeout };
         // The clock is read only once the queue is full: reading it per record cost ~7 % of
         // the send path (`perf record` of `bench`, 100 B records).
         let mut started = None;
         let mut record = record;
         loop {
             match self.inner.enqueue(record, &mut None) {
-                Ok((completion, metadata)) => {
-                    return Ok(DeliveryFuture::pending(completion, metadata))
-                }
+                Ok(accepted) => return Ok(DeliveryFuture::pending(accepted)),
                 Err((Error::QueueFull, back)) => {
                     record = back;
                     let started = *started.get_or_insert_with(Instant::now);
@@ -639,7 +644,7 @@ impl Inner {
         &self,
         record: Record,
         callback: &mut Option<(u64, Callback)>,
-    ) -> Result<(Arc<BatchCompletion>, u64), (Error, Record)> {
+    ) -> Result<Accepted, (Error, Record)> {
         if self.closed.load(Ordering::Acquire) {
             self.metrics.record_refused(&Error::ProducerClosed);
             return Err((Error::ProducerClosed, record));
@@ -665,7 +670,11 @@ impl Inner {
                 if appended.wake {
                     shard.notify();
                 }
-                Ok((appended.completion, record.metadata()))
+                Ok(Accepted {
+                    completion: appended.completion,
+                    metadata: record.metadata(),
+                    shard: shard.key(),
+                })
             }
             Err(error) => {
                 self.budget.release(1, payload_len as u64);
@@ -842,6 +851,15 @@ fn unique_tag() -> u64 {
 #[derive(Debug)]
 pub struct DeliveryFuture {
     state: FutureState,
+    /// The [`shard::shard_key`] of the shard that resolves it (0: none).
+    shard: u64,
+}
+
+/// A record taken into a batch: its batch's completion, its metadata, and its shard.
+struct Accepted {
+    completion: Arc<BatchCompletion>,
+    metadata: u64,
+    shard: u64,
 }
 
 #[derive(Debug)]
@@ -890,17 +908,26 @@ impl QueuedSlot {
 }
 
 impl DeliveryFuture {
-    fn pending(completion: Arc<BatchCompletion>, metadata: u64) -> DeliveryFuture {
-        DeliveryFuture { state: FutureState::Pending { completion, metadata } }
+    fn pending(accepted: Accepted) -> DeliveryFuture {
+        let Accepted { completion, metadata, shard } = accepted;
+        DeliveryFuture { state: FutureState::Pending { completion, metadata }, shard }
     }
 
     fn failed(error: Error) -> DeliveryFuture {
-        DeliveryFuture { state: FutureState::Failed(Some(error)) }
+        DeliveryFuture { state: FutureState::Failed(Some(error)), shard: 0 }
     }
 
     /// Blocks the calling thread until the delivery is resolved. Every delivery resolves within
     /// its attempts' deadlines, so this cannot hang. Do not call it on an async executor thread.
+    ///
+    /// In a delivery callback running on the very shard that resolves this delivery, waiting
+    /// could only wait for the caller itself: an unresolved future then returns
+    /// [`Error::InCallback`] at once (the record is still sent, and its other copies of the
+    /// result, such as a callback, are unaffected).
     pub fn wait(self) -> Result<DeliveryReport, Error> {
+        if self.shard != 0 && !self.is_resolved() && shard::on_shard(self.shard) {
+            return Err(Error::InCallback { operation: "wait", undelivered: 1 });
+        }
         struct ThreadWaker(std::thread::Thread);
         impl Wake for ThreadWaker {
             fn wake(self: Arc<Self>) {

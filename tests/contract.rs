@@ -384,3 +384,31 @@ fn a_send_timeout_chains_its_cause_as_the_error_source() {
     assert!(source.to_string().starts_with("no ack from 127.0.0.1:"), "{source}");
     assert_eq!(producer.close_blocking(Duration::from_millis(100)), Ok(()));
 }
+
+#[test]
+fn waiting_in_a_callback_for_its_own_shard_returns_at_once() {
+    for transport in transports() {
+        let cluster = cluster();
+        let producer =
+            Arc::new(builder(&cluster, transport).max_pending_messages(2).build().unwrap());
+        let (tx, rx) = mpsc::channel();
+        let inner = producer.clone();
+        producer.send_with_callback(Record::new("s", "first"), move |_| {
+            let started = Instant::now();
+            // Same stream, so the same shard: this callback's thread would have to resolve it.
+            let waited = inner.send(Record::new("s", "second")).wait();
+            // The first record's room came back before its callback ran: with the second and
+            // third the budget of 2 is full.
+            let _third = inner.send(Record::new("s", "third"));
+            let blocked = inner.send_blocking(Record::new("s", "fourth"), Duration::from_secs(10));
+            let _ = tx.send((waited, blocked.map(|_| ()), started.elapsed()));
+        });
+        let (waited, blocked, took) = rx.recv_timeout(Duration::from_secs(10)).expect("callback");
+        assert!(matches!(waited, Err(Error::InCallback { operation: "wait", .. })), "{waited:?}");
+        assert!(matches!(blocked, Err(Error::QueueFullTimeout { .. })), "{blocked:?}");
+        assert!(took < Duration::from_secs(1), "{transport:?}: the callback took {took:?}");
+        assert_eq!(producer.flush_blocking(Duration::from_secs(5)), Ok(()));
+        assert_eq!(cluster.stats().records, 3, "the second and third were still delivered");
+        assert_eq!(producer.close_blocking(Duration::from_secs(5)), Ok(()));
+    }
+}

@@ -71,11 +71,13 @@ pub struct ShardShared {
     waiting_len: AtomicUsize,
     /// Set by the shard thread when it ends (see [`ShardShared::stop`]).
     stopped: AtomicBool,
+    /// Names the shard's thread ([`super::shard_key`]).
+    key: u64,
 }
 
 impl ShardShared {
-    /// Shared state around `accumulator`.
-    pub fn new(accumulator: BatchAccumulator) -> ShardShared {
+    /// Shared state around `accumulator`, for the shard named `key` ([`super::shard_key`]).
+    pub fn new(accumulator: BatchAccumulator, key: u64) -> ShardShared {
         ShardShared {
             accumulator: Mutex::new(accumulator),
             commands: Mutex::new(Vec::new()),
@@ -85,7 +87,13 @@ impl ShardShared {
             waiting: Mutex::new(VecDeque::new()),
             waiting_len: AtomicUsize::new(0),
             stopped: AtomicBool::new(false),
+            key,
         }
+    }
+
+    /// Names the shard's thread ([`super::shard_key`]).
+    pub(crate) fn key(&self) -> u64 {
+        self.key
     }
 
     /// For the shard thread as it ends: marks it stopped, then fails whatever still waits with

@@ -68,14 +68,24 @@ pub struct ShardSettings {
 }
 
 thread_local! {
-    /// The ID of the producer whose shard runs on this thread (0: not a shard thread).
+    /// The [`shard_key`] of the shard running on this thread (0: not a shard thread).
     static SHARD_OF: Cell<u64> = const { Cell::new(0) };
+}
+
+/// Names shard `index` of producer `producer_id` (never 0).
+pub(crate) fn shard_key(producer_id: u64, index: usize) -> u64 {
+    producer_id << 16 | (index as u64 & 0xffff)
 }
 
 /// True on a shard thread of producer `producer_id`: in one of its delivery callbacks, where
 /// waiting for that producer's shards would wait for the caller itself.
 pub(crate) fn on_shard_of(producer_id: u64) -> bool {
-    SHARD_OF.with(Cell::get) == producer_id
+    SHARD_OF.with(Cell::get) >> 16 == producer_id
+}
+
+/// True on the thread of the shard named `key` ([`shard_key`]).
+pub(crate) fn on_shard(key: u64) -> bool {
+    SHARD_OF.with(Cell::get) == key
 }
 
 /// Starts the shard thread. It runs until told to close (or abort) through `shared`.
@@ -85,7 +95,7 @@ pub fn spawn(
     budget: Arc<PendingBudget>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new().name(format!("inlong-shard-{}", settings.index)).spawn(move || {
-        SHARD_OF.with(|id| id.set(settings.producer_id));
+        SHARD_OF.with(|key| key.set(shard_key(settings.producer_id, settings.index)));
         if let Some(core) = settings.core {
             if !core_affinity::set_for_current(core) {
                 tracing::debug!(shard = settings.index, "could not pin the shard thread");
