@@ -25,7 +25,7 @@ use crate::engine::{
     FramePool, PendingBudget,
 };
 use crate::error::Error;
-use crate::metrics::{MetricsRegistry, ProducerMetrics, ShardCounters};
+use crate::metrics::{MetricsRegistry, ProducerMetrics, ShardMetrics};
 use crate::protocol::AddColumns;
 use crate::record::Record;
 use crate::shard::{self, Command, Driver, ShardSettings, ShardShared, Waiting};
@@ -224,7 +224,8 @@ struct Inner {
     driver: Driver,
     control: ControlThread,
     metrics: ProducerMetrics,
-    counters: Vec<Arc<ShardCounters>>,
+    /// Each shard's metric handles and own counters.
+    shard_metrics: Vec<ShardMetrics>,
 }
 
 /// FNV-1a: a fixed hash, so a stream always lands on the same shard.
@@ -321,7 +322,7 @@ impl Producer {
             (config.max_pending_messages / config.batching_max_messages).clamp(16, 1 << 16);
         let mut shards = Vec::with_capacity(config.shards);
         let mut threads = Vec::with_capacity(config.shards);
-        let mut counters = Vec::with_capacity(config.shards);
+        let mut shard_metrics = Vec::with_capacity(config.shards);
         let refresh_now = Arc::new(tokio::sync::Notify::new());
         for index in 0..config.shards {
             let mut accumulator = BatchAccumulator::new(limits);
@@ -366,7 +367,7 @@ impl Producer {
                 metrics: metrics.shard(index),
                 frames: frames.clone(),
             };
-            counters.push(settings.metrics.counters.clone());
+            shard_metrics.push(settings.metrics.clone());
             let thread = shard::spawn(settings, shared.clone(), budget.clone())
                 .map_err(|e| Error::Transport(format!("cannot start a shard thread: {e}")))?;
             shards.push(shared);
@@ -398,7 +399,7 @@ impl Producer {
             driver,
             control,
             metrics,
-            counters,
+            shard_metrics,
         };
         Ok(Producer { inner: Arc::new(inner) })
     }
@@ -585,9 +586,10 @@ impl Producer {
     pub fn stats(&self) -> ProducerStats {
         let mut total =
             ProducerStats { in_flight_records: self.in_flight_count(), ..ProducerStats::default() };
-        for (worker, (shard, counters)) in
-            self.inner.shards.iter().zip(&self.inner.counters).enumerate()
+        for (worker, (shard, metrics)) in
+            self.inner.shards.iter().zip(&self.inner.shard_metrics).enumerate()
         {
+            let counters = &metrics.counters;
             let load = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed);
             let gauge = |counter: &std::sync::atomic::AtomicI64| {
                 u64::try_from(counter.load(Ordering::Relaxed)).unwrap_or(0)
@@ -693,14 +695,16 @@ impl Inner {
     /// Blocking mode: takes `record`, which found no room, into its shard's wait queue; it is
     /// admitted as soon as there is room, or fails with `QueueFullTimeout` after `send_timeout`.
     fn wait_for_room(&self, record: Record, callback: Callback) {
-        let shard = self.shard_for(&record);
+        let index = shard_of(record.stream_id().as_str(), self.shards.len());
+        let shard = &self.shards[index];
         shard.push_waiting(&self.budget, Waiting { record, callback, since: Instant::now() });
         // Room may have come back between the refusal and the push: whoever frees room next
         // looks at the queue, but nobody may be about to.
         shard.admit_waiting(&self.budget, &self.metrics);
         if shard.has_stopped() {
-            // The shard ended (closed) before the record was queued: nobody else will see it.
-            shard.fail_waiting(&Error::ProducerClosed, &self.budget, &self.metrics);
+            // The shard ended (closed) as the record was queued or admitted: nobody else will
+            // see it.
+            shard.fail_leftovers(&Error::ProducerClosed, &self.budget, &self.shard_metrics[index]);
         }
         // The shard arms the record's timeout and watches the budget for room.
         shard.notify();

@@ -412,3 +412,51 @@ fn waiting_in_a_callback_for_its_own_shard_returns_at_once() {
         assert_eq!(producer.close_blocking(Duration::from_secs(5)), Ok(()));
     }
 }
+
+#[test]
+fn a_close_racing_senders_in_blocking_mode_resolves_every_record_once() {
+    for transport in transports() {
+        let cluster = cluster();
+        cluster.node(0).update_faults(|f| f.ack_delay = Duration::from_millis(20));
+        for round in 0..3 {
+            let producer = Arc::new(
+                builder(&cluster, transport)
+                    .block_if_queue_full(true)
+                    .max_pending_messages(100)
+                    .batching_max_messages(10)
+                    .build()
+                    .unwrap(),
+            );
+            let calls: Arc<Vec<AtomicU64>> =
+                Arc::new((0..8000).map(|_| AtomicU64::new(0)).collect());
+            let senders: Vec<_> = (0..4)
+                .map(|t| {
+                    let (producer, calls) = (producer.clone(), calls.clone());
+                    std::thread::spawn(move || {
+                        for i in (t * 2000)..((t + 1) * 2000) {
+                            let calls = calls.clone();
+                            let record = Record::new(format!("s{}", i % 7), format!("{i}"));
+                            producer.send_with_callback(record, move |_| {
+                                calls[i].fetch_add(1, Ordering::SeqCst);
+                            });
+                        }
+                    })
+                })
+                .collect();
+            std::thread::sleep(Duration::from_millis(30 + 20 * round));
+            let _ = producer.close_blocking(Duration::from_millis(200));
+            for sender in senders {
+                sender.join().unwrap();
+            }
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while calls.iter().any(|c| c.load(Ordering::SeqCst) == 0) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let counts: Vec<u64> = calls.iter().map(|c| c.load(Ordering::SeqCst)).collect();
+            let unresolved = counts.iter().filter(|&&c| c == 0).count();
+            assert_eq!(unresolved, 0, "{transport:?} round {round}: records never resolved");
+            assert!(counts.iter().all(|&c| c == 1), "{transport:?}: a record resolved twice");
+            assert_eq!(producer.in_flight_count(), 0);
+        }
+    }
+}

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use crate::engine::completion::run_callback;
 use crate::engine::{BatchAccumulator, Callback, PendingBudget};
 use crate::error::Error;
-use crate::metrics::ProducerMetrics;
+use crate::metrics::{ProducerMetrics, ShardMetrics};
 use crate::record::Record;
 
 /// A record waiting for room in the pending budget, with what to call with its result.
@@ -96,12 +96,42 @@ impl ShardShared {
         self.key
     }
 
-    /// For the shard thread as it ends: marks it stopped, then fails whatever still waits with
-    /// `error`. A sender that queues a record after this sees [`ShardShared::has_stopped`] and
-    /// fails the record itself, so none is left behind.
-    pub(crate) fn stop(&self, error: &Error, budget: &PendingBudget, metrics: &ProducerMetrics) {
+    /// For the shard thread as it ends: marks it stopped, then fails with `error` whatever still
+    /// waits for room or sits in the accumulator. A sender that queues or admits a record after
+    /// that sees [`ShardShared::has_stopped`] and calls [`ShardShared::fail_leftovers`] itself,
+    /// so no record is left behind whichever comes first.
+    pub(crate) fn stop(&self, error: &Error, budget: &PendingBudget, metrics: &ShardMetrics) {
         self.stopped.store(true, Ordering::SeqCst);
-        self.fail_waiting(error, budget, metrics);
+        self.fail_leftovers(error, budget, metrics);
+    }
+
+    /// Refuses new records and fails with `error` every record waiting for room or accumulated
+    /// and not taken by the shard (which has stopped, or never started).
+    pub(crate) fn fail_leftovers(
+        &self,
+        error: &Error,
+        budget: &PendingBudget,
+        metrics: &ShardMetrics,
+    ) {
+        self.fail_waiting(error, budget, metrics.producer());
+        let mut sealed = Vec::new();
+        {
+            let mut accumulator = self.accumulator();
+            accumulator.close();
+            accumulator.take_sealed(&mut sealed);
+        }
+        for batch in sealed {
+            let (records, bytes) = (batch.body.count(), batch.body.payload_bytes() as u64);
+            metrics.batch_done(records, bytes, 0.0, Err(error));
+            budget.release(u64::from(records), bytes);
+            for (_, _, callback) in batch.callbacks {
+                if run_callback(callback, Err(error.clone())) {
+                    metrics.callback_panicked();
+                }
+            }
+            budget.settle(u64::from(records));
+            batch.completion.resolve(Err(error.clone()));
+        }
     }
 
     /// True once the shard thread ended.
@@ -309,5 +339,80 @@ impl ShardShared {
             return Poll::Ready(());
         }
         Poll::Pending
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::BatchLimits;
+
+    fn shared() -> ShardShared {
+        let limits = BatchLimits {
+            max_messages: 10,
+            max_payload_bytes: 1000,
+            linger: Duration::from_millis(20),
+            max_frame_len: 4096,
+            attr_overhead: 120,
+            compression: false,
+        };
+        ShardShared::new(BatchAccumulator::new(limits), 1)
+    }
+
+    fn waiting(payload: &'static str, results: &Arc<Mutex<Vec<Result<(), Error>>>>) -> Waiting {
+        let results = results.clone();
+        Waiting {
+            record: Record::new("s", payload),
+            callback: Box::new(move |result| results.lock().unwrap().push(result.map(|_| ()))),
+            since: Instant::now(),
+        }
+    }
+
+    #[test]
+    fn waiting_records_are_admitted_in_order_as_room_comes_back() {
+        let (shared, budget, metrics) =
+            (shared(), PendingBudget::new(1, 1 << 20), ShardMetrics::detached());
+        let results = Arc::new(Mutex::new(Vec::new()));
+        assert!(budget.try_acquire(1));
+        shared.push_waiting(&budget, waiting("a", &results));
+        shared.push_waiting(&budget, waiting("bb", &results));
+        assert_eq!(budget.pending_records(), 3, "waiting records are pending");
+        assert_eq!(shared.admit_waiting(&budget, metrics.producer()), Some(1), "no room");
+        budget.release(1, 1);
+        budget.settle(1);
+        assert_eq!(shared.admit_waiting(&budget, metrics.producer()), Some(2), "room for one");
+        assert_eq!(shared.waiting_len(), 1);
+        assert_eq!(shared.accumulator().appended(), 1);
+        let start = Instant::now();
+        let next =
+            shared.expire_waiting(start, Duration::from_secs(1), &budget, metrics.producer());
+        assert!(next.is_some() && results.lock().unwrap().is_empty());
+        let later = start + Duration::from_secs(5);
+        assert_eq!(
+            shared.expire_waiting(later, Duration::from_secs(1), &budget, metrics.producer()),
+            None
+        );
+        let results = results.lock().unwrap();
+        assert!(matches!(results[..], [Err(Error::QueueFullTimeout { .. })]), "{results:?}");
+        assert_eq!(budget.pending_records(), 1, "the admitted record is pending");
+    }
+
+    #[test]
+    fn a_record_queued_as_the_shard_stops_is_failed_not_left_behind() {
+        let (shared, budget, metrics) =
+            (shared(), PendingBudget::new(1, 1 << 20), ShardMetrics::detached());
+        let results = Arc::new(Mutex::new(Vec::new()));
+        shared.stop(&Error::ProducerClosed, &budget, &metrics);
+        // A sender queues a record just after, and finds room: it lands in the accumulator
+        // of a shard that is gone.
+        shared.push_waiting(&budget, waiting("late", &results));
+        assert_eq!(shared.admit_waiting(&budget, metrics.producer()), None);
+        assert_eq!(shared.accumulator().appended(), 1);
+        assert!(results.lock().unwrap().is_empty());
+        // What the sender does next (see `Inner::wait_for_room`).
+        assert!(shared.has_stopped());
+        shared.fail_leftovers(&Error::ProducerClosed, &budget, &metrics);
+        assert_eq!(*results.lock().unwrap(), vec![Err(Error::ProducerClosed)]);
+        assert_eq!(budget.pending_records(), 0);
     }
 }

@@ -23,7 +23,6 @@ pub(crate) use mailbox::Waiting;
 pub use mailbox::{Command, ShardShared};
 pub use transport::{probe_driver, Driver};
 
-use crate::engine::completion::run_callback;
 use crate::engine::PendingBudget;
 use crate::engine::{ConnId, EngineConfig, EngineEvent, FramePool, SealedBatch, ShardEngine};
 use crate::error::{codes, Error};
@@ -106,42 +105,15 @@ pub fn spawn(
             Err(error) => {
                 // Probed a moment ago, so this is unexpected; fail the records, never hang them.
                 tracing::error!(shard = settings.index, %error, "shard runtime failed to start");
-                let error = Error::Transport(error.to_string());
-                fail_everything(&shared, &budget, &settings.metrics, &error);
-                shared.stop(&error, &budget, settings.metrics.producer());
+                shared.stop(&Error::Transport(error.to_string()), &budget, &settings.metrics);
                 return;
             }
         };
         let metrics = settings.metrics.clone();
         runtime.block_on(run(settings, shared.clone(), budget.clone()));
-        // Whatever still waits for room (only possible after an abort) fails now.
-        shared.stop(&Error::ProducerClosed, &budget, metrics.producer());
+        // Whatever a sender queued as the shard ended fails now (see `ShardShared::stop`).
+        shared.stop(&Error::ProducerClosed, &budget, &metrics);
     })
-}
-
-/// Without a runtime: refuse new records and fail whatever is already accumulated.
-fn fail_everything(
-    shared: &ShardShared,
-    budget: &Arc<PendingBudget>,
-    metrics: &ShardMetrics,
-    error: &Error,
-) {
-    let mut sealed = Vec::new();
-    {
-        let mut accumulator = shared.accumulator();
-        accumulator.close();
-        accumulator.take_sealed(&mut sealed);
-    }
-    for batch in sealed {
-        batch.completion.resolve(Err(error.clone()));
-        for (_, _, callback) in batch.callbacks {
-            if run_callback(callback, Err(error.clone())) {
-                metrics.callback_panicked();
-            }
-        }
-        budget.release(u64::from(batch.body.count()), batch.body.payload_bytes() as u64);
-        budget.settle(u64::from(batch.body.count()));
-    }
 }
 
 /// A finished connect attempt: the slot it was for and its result.
