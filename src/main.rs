@@ -3,7 +3,8 @@
 //! `bench` (the main job) measures the producer against the embedded local DataProxy + Manager or
 //! a real cluster; `send` sends lines from files or stdin; `serve` runs the local DataProxy nodes +
 //! Manager from [`inlong_dataproxy::server`]. Every failure is one line on stderr and a non-zero
-//! exit status; nothing panics on bad input.
+//! exit status; nothing panics on bad input. SIGINT and SIGTERM end `send` and `bench` with their
+//! summary and status 130 or 143 (see `cli::interrupt`).
 
 mod cli;
 

@@ -1,10 +1,12 @@
 //! `inlong-dataproxy bench` and `send` as a user runs them: the built binary, loopback only, every
-//! child process bounded by a deadline and killed when it passes.
+//! child process bounded by a deadline and killed when it passes. That includes SIGINT/SIGTERM
+//! mid-run: the summary with counts that add up, exit status 130/143, a bounded close against a
+//! node that never acks, and a second signal that exits at once.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use inlong_dataproxy::server::{Faults, LocalCluster, Topic};
 
@@ -13,10 +15,11 @@ const BIN: &str = env!("CARGO_BIN_EXE_inlong-dataproxy");
 const DEADLINE: Duration = Duration::from_secs(60);
 
 /// The documented `--json` keys, in order.
-const KEYS: [&str; 12] = [
+const KEYS: [&str; 13] = [
     "records",
     "acked",
     "failed",
+    "undelivered",
     "seconds",
     "records_per_sec",
     "mb_per_sec",
@@ -58,8 +61,35 @@ fn collect(pipe: Option<impl Read + Send + 'static>) -> mpsc::Receiver<String> {
     rx
 }
 
-/// Runs the binary with `args` and `stdin`, killing it after `deadline`.
-fn run_with(args: &[&str], stdin: &[u8], deadline: Duration) -> Output {
+/// Reads a pipe line by line on a thread; each line arrives on the channel as it is written.
+fn lines(pipe: Option<impl Read + Send + 'static>) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    if let Some(pipe) = pipe {
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    rx
+}
+
+/// A command the test is still driving: stdin open until the test closes it or the command
+/// ends, stdout collected whole, stderr line by line (so the test can wait for one).
+struct Running {
+    child: Guard,
+    stdin: Option<ChildStdin>,
+    stdout: mpsc::Receiver<String>,
+    stderr: mpsc::Receiver<String>,
+    /// Stderr lines already taken from `stderr`.
+    stderr_seen: Vec<String>,
+    args: Vec<String>,
+}
+
+/// Starts the binary with `args`, every pipe captured.
+fn spawn(args: &[&str]) -> Running {
     let mut child = Command::new(BIN)
         .args(args)
         // `send` keeps the Manager's node list in the user's cache directory: keep it in target/.
@@ -69,23 +99,101 @@ fn run_with(args: &[&str], stdin: &[u8], deadline: Duration) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn the binary");
-    let mut input = child.stdin.take().unwrap();
-    let stdin = stdin.to_vec();
-    std::thread::spawn(move || {
-        let _ = input.write_all(&stdin);
-    });
+    let stdin = child.stdin.take();
     let stdout = collect(child.stdout.take());
-    let stderr = collect(child.stderr.take());
-    let guard = Guard(child);
-    // The pipes close when the process exits (or is killed by the guard).
-    let Ok(stdout) = stdout.recv_timeout(deadline) else {
-        drop(guard);
-        panic!("{args:?} did not finish within {deadline:?}");
-    };
-    let stderr = stderr.recv_timeout(deadline).unwrap_or_default();
-    let mut guard = guard;
-    let status = guard.0.wait().expect("wait");
-    Output { status, stdout, stderr }
+    let stderr = lines(child.stderr.take());
+    let args = args.iter().map(ToString::to_string).collect();
+    Running { child: Guard(child), stdin, stdout, stderr, stderr_seen: Vec::new(), args }
+}
+
+impl Running {
+    /// Writes to the command's stdin, which stays open.
+    fn write(&mut self, bytes: &[u8]) {
+        let stdin = self.stdin.as_mut().expect("stdin still open");
+        stdin.write_all(bytes).and_then(|()| stdin.flush()).expect("write to stdin");
+    }
+
+    /// Writes `bytes` on a thread (a large input cannot block the test) and then closes stdin.
+    fn write_and_close(&mut self, bytes: &[u8]) {
+        let mut stdin = self.stdin.take().expect("stdin still open");
+        let bytes = bytes.to_vec();
+        std::thread::spawn(move || {
+            let _ = stdin.write_all(&bytes);
+        });
+    }
+
+    /// Sends the signal `name` (`INT`, `TERM`) to the command.
+    fn signal(&self, name: &str) {
+        let pid = self.child.0.id().to_string();
+        let status = Command::new("kill").arg(format!("-{name}")).arg(pid).status();
+        assert!(status.expect("run kill").success(), "kill -{name}");
+    }
+
+    /// Waits for `condition` with a deadline; fails at once if the command ended first.
+    fn wait_for(&mut self, what: &str, mut condition: impl FnMut() -> bool) {
+        let deadline = Instant::now() + DEADLINE;
+        while !condition() {
+            if let Ok(Some(status)) = self.child.0.try_wait() {
+                let stderr: Vec<String> = self.stderr.try_iter().collect();
+                panic!("{:?} ended ({status}) before {what}: {stderr:?}", self.args);
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Waits for a stderr line starting with `prefix` and returns it.
+    fn wait_for_stderr(&mut self, prefix: &str) -> String {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.stderr.recv_timeout(left) {
+                Ok(line) => {
+                    self.stderr_seen.push(line.clone());
+                    if line.starts_with(prefix) {
+                        return line;
+                    }
+                }
+                Err(why) => panic!(
+                    "{:?}: no stderr line {prefix:?} ({why:?}); seen {:?}",
+                    self.args, self.stderr_seen
+                ),
+            }
+        }
+    }
+
+    /// Waits for the command to end, killing it after `deadline`; stdin stays open until then.
+    fn finish(mut self, deadline: Duration) -> Output {
+        let args = std::mem::take(&mut self.args);
+        let started = Instant::now();
+        // The pipes close when the process exits (or is killed by the guard).
+        let Ok(stdout) = self.stdout.recv_timeout(deadline) else {
+            drop(self.child);
+            panic!("{args:?} did not finish within {deadline:?}");
+        };
+        let mut stderr = std::mem::take(&mut self.stderr_seen);
+        loop {
+            let left = deadline.saturating_sub(started.elapsed());
+            match self.stderr.recv_timeout(left) {
+                Ok(line) => stderr.push(line),
+                Err(_) => break,
+            }
+        }
+        let status = self.child.0.wait().expect("wait");
+        drop(self.stdin);
+        let mut stderr = stderr.join("\n");
+        if !stderr.is_empty() {
+            stderr.push('\n');
+        }
+        Output { status, stdout, stderr }
+    }
+}
+
+/// Runs the binary with `args` and `stdin`, killing it after `deadline`.
+fn run_with(args: &[&str], stdin: &[u8], deadline: Duration) -> Output {
+    let mut running = spawn(args);
+    running.write_and_close(stdin);
+    running.finish(deadline)
 }
 
 fn run(args: &[&str]) -> Output {
@@ -223,25 +331,17 @@ fn bench_fails_fast_with_one_line_when_the_manager_is_unreachable() {
 
 #[test]
 fn bench_serves_prometheus_metrics_while_it_runs() {
-    let mut child = Command::new(BIN)
-        .args(["bench", "--duration", "3", "--rate", "5000", "--json"])
-        .args(["--metrics-addr", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn bench");
-    let stderr = child.stderr.take().unwrap();
-    let stdout = collect(child.stdout.take());
-    let mut bench = Guard(child);
-    let (tx, lines) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let line = lines.recv_timeout(DEADLINE).expect("the metrics address");
+    let mut bench = spawn(&[
+        "bench",
+        "--duration",
+        "3",
+        "--rate",
+        "5000",
+        "--json",
+        "--metrics-addr",
+        "127.0.0.1:0",
+    ]);
+    let line = bench.wait_for_stderr("metrics at ");
     let url = line.strip_prefix("metrics at ").expect(&line);
     let authority = url.strip_prefix("http://").and_then(|rest| rest.strip_suffix("/metrics"));
     let authority = authority.expect(url);
@@ -253,10 +353,9 @@ fn bench_serves_prometheus_metrics_while_it_runs() {
     assert!(body.contains(r#"name="dataproxy-rust""#), "{body}");
     assert!(http_get(authority, "/other").starts_with("HTTP/1.1 404 "));
 
-    let stdout = stdout.recv_timeout(DEADLINE).expect("bench finishes");
-    assert!(bench.0.wait().unwrap().success());
-    let summary: serde_json::Value = serde_json::from_str(stdout.trim_end()).expect(&stdout);
-    assert_eq!(summary["failed"], 0);
+    let output = bench.finish(DEADLINE);
+    assert!(output.status.success(), "{}", output.stderr);
+    assert_eq!(json_summary(&output)["failed"], 0);
 }
 
 fn http_get(authority: &str, path: &str) -> String {
@@ -288,7 +387,7 @@ fn send_reads_lines_from_stdin() {
         DEADLINE,
     );
     assert!(output.status.success(), "{}", output.stderr);
-    assert_eq!(output.stderr.trim_end(), "sent 3, acked 3, failed 0, skipped 1");
+    assert_eq!(output.stderr.trim_end(), "sent 3, acked 3, failed 0, undelivered 0, skipped 1");
     assert_eq!(cluster.stats().records, 3);
     assert_eq!(cluster.stream_counts().get("s"), Some(&3));
 }
@@ -303,7 +402,7 @@ fn send_reads_files_and_refuses_missing_ones_with_one_line() {
     let output = run(&["send", "--stream-id", "s", "--manager-url", &url, &file, &file]);
     let _ = std::fs::remove_file(&path);
     assert!(output.status.success(), "{}", output.stderr);
-    assert_eq!(output.stderr.trim_end(), "sent 4, acked 4, failed 0, skipped 0");
+    assert_eq!(output.stderr.trim_end(), "sent 4, acked 4, failed 0, undelivered 0, skipped 0");
     assert_eq!(cluster.stats().records, 4);
 
     let output = run(&["send", "--stream-id", "s", "--manager-url", &url, "/nonexistent/in.txt"]);
@@ -330,9 +429,127 @@ fn send_reports_failures_with_their_code_and_exits_non_zero() {
     let output = run_with(&["send", "--stream-id", "s", "--endpoints", &addr], b"x\ny\n", DEADLINE);
     assert!(!output.status.success(), "{}", output.stderr);
     let mut lines = output.stderr.lines();
-    assert_eq!(lines.next(), Some("sent 2, acked 0, failed 2, skipped 0"), "{}", output.stderr);
+    assert_eq!(
+        lines.next(),
+        Some("sent 2, acked 0, failed 2, undelivered 0, skipped 0"),
+        "{}",
+        output.stderr
+    );
     let error = lines.next().unwrap_or_default();
     assert!(error.starts_with("failed 2 record(s) with error 10011, first: "), "{}", output.stderr);
     assert!(error.contains("errCode 115"), "{error}");
     assert_eq!(lines.next(), None, "each distinct error once: {}", output.stderr);
+}
+
+/// The counts of `send`'s summary line: sent, acked, failed, undelivered, skipped.
+fn send_summary(stderr: &str) -> [u64; 5] {
+    const NAMES: [&str; 5] = ["sent", "acked", "failed", "undelivered", "skipped"];
+    let line = stderr.lines().find(|line| line.starts_with("sent ")).expect(stderr);
+    let parts: Vec<&str> = line.split(", ").collect();
+    assert_eq!(parts.len(), NAMES.len(), "{line}");
+    let mut counts = [0; 5];
+    for ((count, part), name) in counts.iter_mut().zip(parts).zip(NAMES) {
+        let number = part.strip_prefix(name).and_then(|rest| rest.strip_prefix(' '));
+        *count = number.and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("{name}: {line}"));
+    }
+    counts
+}
+
+/// A local cluster whose only node reads every frame and never answers (a black hole).
+fn cluster_that_never_acks() -> LocalCluster {
+    let cluster = LocalCluster::start(1).expect("local cluster");
+    cluster.node(0).set_faults(Faults { silent: true, ..Faults::default() });
+    cluster
+}
+
+#[test]
+fn send_on_sigint_stops_reading_closes_and_exits_130_with_the_summary() {
+    let cluster = LocalCluster::start(1).expect("local cluster");
+    let addr = cluster.node_addrs()[0].to_string();
+    let mut send = spawn(&["send", "--stream-id", "s", "--endpoints", &addr]);
+    // stdin stays open: only the signal can end this run.
+    send.write(b"one\ntwo\n\nthree\n");
+    send.wait_for("3 records at the node", || cluster.stats().records >= 3);
+    send.signal("INT");
+    let output = send.finish(DEADLINE);
+
+    assert_eq!(output.status.code(), Some(130), "{} {}", output.status, output.stderr);
+    let [sent, acked, failed, undelivered, skipped] = send_summary(&output.stderr);
+    assert_eq!(sent, acked + failed + undelivered, "{}", output.stderr);
+    assert_eq!((sent, acked, skipped), (3, 3, 1), "{}", output.stderr);
+    assert!(output.stderr.starts_with("interrupted by SIGINT: "), "{}", output.stderr);
+    assert_eq!(cluster.stats().records, 3);
+}
+
+#[test]
+fn bench_on_sigterm_stops_sending_closes_and_exits_143_with_the_summary() {
+    let cluster = LocalCluster::start(1).expect("local cluster");
+    let addr = cluster.node_addrs()[0].to_string();
+    // Throttled, so the run stays light on a shared machine and would last ten minutes.
+    let args = ["bench", "--endpoints", &addr, "--duration", "600", "--rate", "20000", "--json"];
+    let mut bench = spawn(&args);
+    bench.wait_for("records at the node", || cluster.stats().records >= 1000);
+    bench.signal("TERM");
+    let output = bench.finish(DEADLINE);
+
+    assert_eq!(output.status.code(), Some(143), "{} {}", output.status, output.stderr);
+    let summary = json_summary(&output);
+    let count = |key: &str| summary[key].as_u64().unwrap_or_else(|| panic!("{key}: {summary}"));
+    assert_eq!(
+        count("records"),
+        count("acked") + count("failed") + count("undelivered"),
+        "{summary}"
+    );
+    assert!(count("acked") >= 1000, "{summary}");
+    assert_eq!((count("failed"), count("undelivered")), (0, 0), "{summary}");
+    assert!(cluster.stats().records >= count("acked"), "{summary}");
+    assert!(output.stderr.starts_with("interrupted by SIGTERM: "), "{}", output.stderr);
+}
+
+#[test]
+fn send_on_sigint_against_a_node_that_never_acks_counts_undelivered_and_exits_in_time() {
+    let cluster = cluster_that_never_acks();
+    let addr = cluster.node_addrs()[0].to_string();
+    let close_timeout = Duration::from_secs(2);
+    let mut send =
+        spawn(&["send", "--stream-id", "s", "--endpoints", &addr, "--close-timeout", "2"]);
+    send.write(b"a\nb\nc\n");
+    // A dropped frame is a batch (heartbeats start after a minute idle): lines were sent.
+    send.wait_for("a batch at the node", || cluster.stats().dropped >= 1);
+    // Taken before the signal, so `took` cannot miss time the close had.
+    let signalled = Instant::now();
+    send.signal("INT");
+    // The close deadline plus a few seconds for a debug build on shared cores.
+    let output = send.finish(close_timeout + Duration::from_secs(8));
+    let took = signalled.elapsed();
+
+    assert_eq!(output.status.code(), Some(130), "{} {}", output.status, output.stderr);
+    let [sent, acked, failed, undelivered, _] = send_summary(&output.stderr);
+    assert_eq!(sent, acked + failed + undelivered, "{}", output.stderr);
+    assert_eq!(acked, 0, "{}", output.stderr);
+    assert!(undelivered > 0, "{}", output.stderr);
+    // It waited for acks until the close deadline, not less.
+    assert!(took >= close_timeout, "{took:?}");
+    assert!(output.stderr.starts_with("interrupted by SIGINT: "), "{}", output.stderr);
+    assert!(!output.stderr.contains("error"), "undelivered is not an error: {}", output.stderr);
+}
+
+#[test]
+fn a_second_signal_exits_at_once_without_waiting_for_the_close() {
+    let cluster = cluster_that_never_acks();
+    let addr = cluster.node_addrs()[0].to_string();
+    // A close that would take a minute, against a node that never acks.
+    let args = ["bench", "--endpoints", &addr, "--duration", "600", "--rate", "20000"];
+    let mut bench = spawn(&[&args[..], &["--close-timeout", "60", "--json"]].concat());
+    bench.wait_for("a batch at the node", || cluster.stats().dropped >= 1);
+    bench.signal("TERM");
+    // The first signal was handled: the run stopped and the close began.
+    bench.wait_for_stderr("interrupted by SIGTERM: ");
+    bench.signal("TERM");
+    // Half the close timeout: ending within it means the close was not waited for.
+    let output = bench.finish(Duration::from_secs(30));
+
+    assert_eq!(output.status.code(), Some(143), "{} {}", output.status, output.stderr);
+    assert!(output.stdout.is_empty(), "no summary: {}", output.stdout);
+    assert!(output.stderr.contains("\ninterrupted again by SIGTERM: "), "{}", output.stderr);
 }

@@ -8,6 +8,11 @@
 //! summary goes to stdout (a table, or one JSON line with `--json`); live progress, failures and
 //! errors go to stderr. Any failed record makes the exit status non-zero.
 //!
+//! On SIGINT or SIGTERM (see [`super::interrupt`]) the send loop stops, the producer is closed
+//! within `--close-timeout`, a line on stderr names the signal, the summary covers the run so
+//! far (`undelivered` counts the records the close deadline cut short), and the exit status is
+//! 130 or 143.
+//!
 //! Rates count acked records over the whole run, final flush included. CPU per record is the
 //! whole process's (`/proc/self/stat`), so it includes an in-process server; the table adds the
 //! producer's share (the process minus the server's `inlong-local*` threads).
@@ -18,14 +23,16 @@
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use inlong_dataproxy::server::workload::{log_line, process_cpu_seconds, status_mb};
 use inlong_dataproxy::server::{IngestMode, LocalCluster, NodeConfig};
-use inlong_dataproxy::{MetricsRegistry, Producer, Record, StreamId, Transport};
+use inlong_dataproxy::{Error, MetricsRegistry, Producer, Record, StreamId, Transport};
 
+use super::interrupt::{CloseArgs, Interrupts};
 use super::{resolve_addr, serve_metrics, DeliveryRing, DeliveryTally, Target, TargetArgs};
 
 /// Futures kept by the application before it waits for the oldest.
@@ -38,8 +45,6 @@ const PAYLOAD_POOL_BYTES: usize = 64 << 20;
 const SEND_WAIT: Duration = Duration::from_secs(60);
 /// How long the final flush may take before the remaining futures are waited for one by one.
 const FLUSH_WAIT: Duration = Duration::from_secs(120);
-/// Bound on closing the producer once every delivery is known.
-const CLOSE_WAIT: Duration = Duration::from_secs(10);
 /// Records sent when neither `--records` nor `--duration` is given.
 const DEFAULT_RECORDS: u64 = 2_000_000;
 /// Threads of the in-process server are named after this (see `LocalCluster`).
@@ -93,6 +98,8 @@ pub struct BenchArgs {
     /// Serve the producer's Prometheus metrics at http://HOST:PORT/metrics while the bench runs.
     #[arg(long, value_name = "HOST:PORT")]
     metrics_addr: Option<String>,
+    #[command(flatten)]
+    close: CloseArgs,
 }
 
 fn parse_transport(text: &str) -> Result<Transport, String> {
@@ -113,6 +120,7 @@ struct BenchSummary {
     records: u64,
     acked: u64,
     failed: u64,
+    undelivered: u64,
     seconds: f64,
     records_per_sec: f64,
     mb_per_sec: f64,
@@ -136,6 +144,7 @@ struct Progress {
 
 /// Runs the benchmark; see the module docs.
 pub fn run(args: &BenchArgs) -> Result<ExitCode, String> {
+    let interrupts = Interrupts::install(args.close.close_timeout())?;
     let target = args.target.target()?;
     let registry = MetricsRegistry::default_registry();
     let metrics_addr = match &args.metrics_addr {
@@ -167,6 +176,9 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode, String> {
     }
     let producer =
         target.apply(builder).build().map_err(|e| format!("cannot start the producer: {e}"))?;
+    let producer = Arc::new(producer);
+    // The send loop checks for a signal before every record: nothing to wake.
+    interrupts.watch(&producer, || {});
     if let Some(addr) = metrics_addr {
         // Announced once the producer's collectors exist, so the first scrape shows them.
         eprintln!("metrics at http://{addr}/metrics");
@@ -190,7 +202,7 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode, String> {
     let progress = Progress { size, ..Progress::default() };
     let cpu_before = CpuTime::now();
     let started = Instant::now();
-    let (sent, tally) = std::thread::scope(|scope| {
+    let (sent, mut ring, mut tally) = std::thread::scope(|scope| {
         let reporter = show_progress.then(|| {
             let bar = progress_bar(limit, args.duration);
             let (producer, progress) = (&producer, &progress);
@@ -209,6 +221,7 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode, String> {
             deadline: args.duration.map(|duration| started + duration),
             rate: args.rate,
             started,
+            interrupts: &interrupts,
         };
         let outcome = load.run(&progress);
         progress.done.store(true, Ordering::Release);
@@ -218,10 +231,20 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode, String> {
         }
         outcome
     });
+    let stopped_by = interrupts.signal();
+    if let Some(signal) = stopped_by {
+        announce(signal.name(), interrupts.close_timeout());
+    }
+    // Empty unless a signal stopped the loop; then the close resolves what is left by its deadline.
+    ring.drain(&mut tally);
     let seconds = started.elapsed().as_secs_f64();
     let cpu = CpuTime::now().since(&cpu_before);
 
-    let closed = producer.close_blocking(CLOSE_WAIT);
+    let closed = interrupts.close(&producer);
+    let signal = interrupts.signal();
+    if let (Some(signal), None) = (signal, stopped_by) {
+        announce(signal.name(), interrupts.close_timeout());
+    }
     let server_records = cluster.as_ref().map(|cluster| cluster.stats().records);
     let summary = summarize(sent, &tally, seconds, cpu.total, size, producer.transport());
     if args.json {
@@ -236,8 +259,21 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode, String> {
     if let Some(cluster) = cluster {
         cluster.shutdown();
     }
+    if let Some(signal) = signal {
+        // Undelivered records are in the summary; the close's error would only repeat them.
+        return Ok(ExitCode::from(signal.exit_code()));
+    }
     closed.map_err(|e| format!("closing the producer: {e}"))?;
     Ok(if tally.failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// The line naming the signal, on stderr so that stdout stays the summary alone.
+fn announce(signal: &str, close_timeout: Duration) {
+    eprintln!(
+        "interrupted by {signal}: stopped sending; closing the producer within {}s \
+         (a second signal exits at once)",
+        close_timeout.as_secs_f64()
+    );
 }
 
 fn start_local_cluster(sink: Sink) -> Result<LocalCluster, String> {
@@ -267,12 +303,15 @@ struct Load<'a> {
     /// Records per second, 0 = unthrottled.
     rate: u64,
     started: Instant,
+    /// Checked before every record: a signal ends the loop.
+    interrupts: &'a Interrupts,
 }
 
 impl Load<'_> {
-    /// Sends until the limit or the deadline, then flushes and waits for every delivery.
-    /// Returns how many records were sent and what became of them.
-    fn run(&self, progress: &Progress) -> (u64, DeliveryTally) {
+    /// Sends until the limit, the deadline or a signal; unless a signal came, then flushes and
+    /// waits for every delivery. Returns how many records were sent, the futures still to wait
+    /// for (after a signal only) and what became of the others.
+    fn run(&self, progress: &Progress) -> (u64, DeliveryRing, DeliveryTally) {
         let mut ring = DeliveryRing::new(RING_CAPACITY);
         let mut tally = DeliveryTally::new();
         // The clock is read every `check_every` records: often enough to pace ~1000 times a
@@ -280,7 +319,7 @@ impl Load<'_> {
         let check_every = if self.rate == 0 { 1024 } else { (self.rate / 1000).clamp(1, 1024) };
         let (mut stream, mut payload, mut until_check) = (0, 0, 0);
         let mut sent = 0u64;
-        while sent < self.limit {
+        while sent < self.limit && self.interrupts.signal().is_none() {
             if until_check == 0 {
                 if self.deadline.is_some_and(|deadline| Instant::now() >= deadline) {
                     break;
@@ -294,18 +333,22 @@ impl Load<'_> {
             payload = if payload + 1 == self.payloads.len() { 0 } else { payload + 1 };
             match self.producer.send_blocking(record, SEND_WAIT) {
                 Ok(future) => ring.push(future, &mut tally),
+                // Refused because the signal's close began: never sent, so not counted.
+                Err(Error::ProducerClosed) if self.interrupts.signal().is_some() => break,
                 Err(error) => tally.fail(&error),
             }
             sent += 1;
             progress.sent.store(sent, Ordering::Relaxed);
             progress.failed.store(tally.failed, Ordering::Relaxed);
         }
-        // The drain below is authoritative: every future resolves within its attempts, so a
-        // flush that times out only means the waiting continues there.
-        let _ = self.producer.flush_blocking(FLUSH_WAIT);
-        ring.drain(&mut tally);
-        progress.failed.store(tally.failed, Ordering::Relaxed);
-        (sent, tally)
+        if self.interrupts.signal().is_none() {
+            // The drain below is authoritative: every future resolves within its attempts, so a
+            // flush that times out only means the waiting continues there.
+            let _ = self.producer.flush_blocking(FLUSH_WAIT);
+            ring.drain(&mut tally);
+            progress.failed.store(tally.failed, Ordering::Relaxed);
+        }
+        (sent, ring, tally)
     }
 
     /// With `--rate`, sleeps (in steps of at most 5 ms, never spinning) until record `sent` is due.
@@ -417,6 +460,7 @@ fn summarize(
         records: sent,
         acked: tally.acked,
         failed: tally.failed,
+        undelivered: tally.undelivered,
         seconds: round(seconds, 3),
         records_per_sec: round(acked / seconds, 0),
         mb_per_sec: round(bytes / seconds / 1e6, 2),
@@ -439,6 +483,7 @@ fn print_table(
         ("records", summary.records.to_string()),
         ("acked", summary.acked.to_string()),
         ("failed", summary.failed.to_string()),
+        ("undelivered", summary.undelivered.to_string()),
         ("seconds", format!("{:.3}", summary.seconds)),
         ("records/s", format!("{:.0}", summary.records_per_sec)),
         ("MB/s (payload)", format!("{:.2}  ({size}-byte records)", summary.mb_per_sec)),
@@ -492,6 +537,7 @@ mod tests {
             "records",
             "acked",
             "failed",
+            "undelivered",
             "seconds",
             "records_per_sec",
             "mb_per_sec",

@@ -1,11 +1,13 @@
-//! Argument parsing and dispatch for the `inlong-dataproxy` binary, plus the two pieces `bench`
-//! and `send` share: where to send ([`TargetArgs`]) and how to collect deliveries without a
-//! closure or a thread per record ([`DeliveryRing`], [`DeliveryTally`]).
+//! Argument parsing and dispatch for the `inlong-dataproxy` binary, plus the pieces `bench` and
+//! `send` share: where to send ([`TargetArgs`]), how to collect deliveries without a closure or a
+//! thread per record ([`DeliveryRing`], [`DeliveryTally`]), and how SIGINT/SIGTERM end a run
+//! ([`interrupt`]).
 //!
 //! Every subcommand returns `Err(String)` for a failure after parsing; `main` prints it as one
 //! `error: ...` line. Nothing here panics on user input.
 
 mod bench;
+mod interrupt;
 mod send;
 mod serve;
 
@@ -33,8 +35,10 @@ enum Command {
     /// Run local DataProxy nodes and a Manager that lists them (for tests and benchmarks).
     Serve(serve::ServeArgs),
     /// Measure the producer: records/s, MB/s, CPU per record, delivery latency, memory.
+    #[command(after_help = interrupt::SIGNALS_HELP)]
     Bench(bench::BenchArgs),
     /// Send one record per line of the files (or stdin) to one stream.
+    #[command(after_help = interrupt::SIGNALS_HELP)]
     Send(send::SendArgs),
 }
 
@@ -132,13 +136,17 @@ pub fn resolve_addr(text: &str, flag: &str) -> Result<SocketAddr, String> {
     addrs.next().ok_or_else(|| format!("bad {flag} address {text:?}: it resolves to nothing"))
 }
 
-/// What became of the records sent so far: acked, or failed with which errors.
+/// What became of the records sent so far: acked, failed with which errors, or still
+/// undelivered when the producer's close deadline hit.
 #[derive(Debug)]
 pub struct DeliveryTally {
     /// Records acknowledged by DataProxy.
     pub acked: u64,
     /// Records that failed, at `send` or later.
     pub failed: u64,
+    /// Records neither acked nor failed at the close deadline (the producer then resolves them
+    /// with [`Error::FlushTimeout`]): whether they reached DataProxy is unknown.
+    pub undelivered: u64,
     /// Per error code: how many records failed with it, and the first such error's text.
     errors: BTreeMap<u32, (u64, String)>,
     /// Delivery latency of the acked records, in microseconds.
@@ -151,7 +159,7 @@ impl DeliveryTally {
         // One microsecond to one hour at three significant digits: constant, valid bounds.
         let latency_us =
             Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds");
-        DeliveryTally { acked: 0, failed: 0, errors: BTreeMap::new(), latency_us }
+        DeliveryTally { acked: 0, failed: 0, undelivered: 0, errors: BTreeMap::new(), latency_us }
     }
 
     /// Counts one delivery's result.
@@ -162,6 +170,8 @@ impl DeliveryTally {
                 let micros = u64::try_from(report.latency.as_micros()).unwrap_or(u64::MAX);
                 self.latency_us.saturating_record(micros.max(1));
             }
+            // A delivery resolves with `FlushTimeout` only when the close deadline cut it short.
+            Err(Error::FlushTimeout { .. }) => self.undelivered += 1,
             Err(error) => self.fail(&error),
         }
     }
@@ -304,6 +314,7 @@ mod tests {
         tally.fail(&Error::QueueFull);
         tally.fail(&Error::QueueFull);
         tally.fail(&Error::ProducerClosed);
+        tally.count(Err(Error::FlushTimeout { undelivered: 7 }));
         tally.count(Ok(DeliveryReport {
             batch_id: 1,
             endpoint: "127.0.0.1:1".parse().unwrap(),
@@ -311,7 +322,7 @@ mod tests {
             retries: 0,
             metadata: 0,
         }));
-        assert_eq!((tally.acked, tally.failed), (1, 3));
+        assert_eq!((tally.acked, tally.failed, tally.undelivered), (1, 3, 1));
         assert_eq!(tally.errors.len(), 2);
         assert_eq!(tally.errors[&10004].0, 2);
         assert!((tally.latency_ms(0.5) - 2.0).abs() < 0.01);
