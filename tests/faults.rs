@@ -924,7 +924,7 @@ fn produce_close_cycles_leak_no_threads_or_fds() {
 enum Dead {
     /// Nothing listens: the connect is refused at once. 10 000 of them, listed by the Manager.
     Refusing,
-    /// The connect never completes (it times out after `conn_timeout`). 20 of them, static.
+    /// The connect never completes (it times out after `conn_timeout`). 40 of them, static.
     BlackHole,
 }
 
@@ -998,7 +998,7 @@ fn live_node_among_dead_ones(dead: Dead, position: Position) {
         let cluster = cluster(1);
         let nodes = match dead {
             Dead::Refusing => DeadNodes::refusing(10_000),
-            Dead::BlackHole => DeadNodes::black_holes(20),
+            Dead::BlackHole => DeadNodes::black_holes(40),
         };
         let mut list = nodes.addrs.clone();
         let at = match position {
@@ -1046,16 +1046,16 @@ fn a_live_node_last_of_10_000_refusing_ones_gets_every_record() {
 }
 
 #[test]
-fn a_live_node_first_among_20_black_holes_gets_every_record() {
+fn a_live_node_first_among_40_black_holes_gets_every_record() {
     live_node_among_dead_ones(Dead::BlackHole, Position::First);
 }
 
 #[test]
-fn a_live_node_in_the_middle_of_20_black_holes_gets_every_record() {
+fn a_live_node_in_the_middle_of_40_black_holes_gets_every_record() {
     live_node_among_dead_ones(Dead::BlackHole, Position::Middle);
 }
 
 #[test]
-fn a_live_node_last_of_20_black_holes_gets_every_record() {
+fn a_live_node_last_of_40_black_holes_gets_every_record() {
     live_node_among_dead_ones(Dead::BlackHole, Position::Last);
 }
