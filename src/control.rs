@@ -14,7 +14,7 @@ use tokio::sync::oneshot;
 
 use crate::config::ProducerConfig;
 use crate::discovery::{self, ManagerClient, ManagerClientConfig, NodeListCache, Source};
-use crate::error::Error;
+use crate::error::{ConnectFailures, Error};
 
 /// The running control thread. Dropping it stops the thread.
 #[derive(Debug)]
@@ -153,11 +153,13 @@ pub fn initial_endpoints(
         .run(lookup)
         .ok_or_else(|| Error::Transport("control thread stopped".to_owned()))?
         .map_err(|error| match error {
-            discovery::DiscoveryError::NoEndpoints => Error::NoEndpoints,
+            discovery::DiscoveryError::NoEndpoints => {
+                Error::no_endpoints(ConnectFailures::default())
+            }
             other => Error::Discovery(other),
         })?;
     if endpoints.addrs.is_empty() {
-        return Err(Error::NoEndpoints);
+        return Err(Error::no_endpoints(ConnectFailures::default()));
     }
     Ok(endpoints)
 }

@@ -9,6 +9,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 /// The Go SDK's numeric error codes (`PROTOCOL.md` §6.10), plus the ones this SDK adds.
 ///
@@ -201,9 +202,27 @@ pub enum Error {
         /// Records pending when it returned (the calling callback's batch among them).
         undelivered: u64,
     },
-    /// No DataProxy endpoint is known.
-    #[error("service has no endpoints")]
-    NoEndpoints,
+    /// A connect to a DataProxy node failed (refused, timed out after `conn_timeout`, …). Seen
+    /// as one of the [`ConnectFailures`] of [`Error::NoEndpoints`].
+    #[error("connect to {endpoint} failed: {reason}")]
+    ConnectFailed {
+        /// The node.
+        endpoint: SocketAddr,
+        /// Why (`connection refused (os error 111)`, `connect timed out after 3s`).
+        reason: Arc<str>,
+    },
+    /// No DataProxy node is usable: none is known (at `build()`), or a batch waited a whole
+    /// `send_timeout` while every connect its shard tried failed. Build it with
+    /// [`Error::no_endpoints`].
+    #[error("service has no endpoints{}", causes_suffix(.causes))]
+    NoEndpoints {
+        /// The last connect failure of each node that failed most recently (empty when no node
+        /// is known).
+        causes: ConnectFailures,
+        /// The most recent of them, an [`Error::ConnectFailed`]: the error's `source()`.
+        #[source]
+        last_cause: Option<Arc<Error>>,
+    },
     /// The I/O driver could not be set up.
     #[error("transport unavailable: {0}")]
     Transport(String),
@@ -216,11 +235,104 @@ fn cause_suffix(cause: &Option<Box<Error>>) -> String {
     cause.as_ref().map(|cause| format!(": {cause}")).unwrap_or_default()
 }
 
+fn causes_suffix(causes: &ConnectFailures) -> String {
+    if causes.is_empty() {
+        String::new()
+    } else {
+        format!(" (connect failed: {causes})")
+    }
+}
+
 fn msg_suffix(message: &Option<String>) -> String {
     message.as_ref().map(|message| format!(" ({message})")).unwrap_or_default()
 }
 
+/// The last connect failure of each of the DataProxy nodes that failed most recently, newest
+/// first: what [`Error::NoEndpoints`] says about why no node was usable.
+///
+/// At most [`ConnectFailures::KEPT`] are kept; [`ConnectFailures::more`] counts the other nodes
+/// whose last connect failed too. Cloning shares the list (no allocation), so one value serves
+/// every batch that fails with it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConnectFailures {
+    recent: Arc<[Error]>,
+    more: usize,
+}
+
+impl ConnectFailures {
+    /// The most failures kept.
+    pub const KEPT: usize = 8;
+    /// The most failures shown by `Display`; the rest are counted as "+N more".
+    pub const SHOWN: usize = 3;
+
+    /// `(endpoint, reason)` of the nodes that failed most recently, newest first (the first
+    /// [`ConnectFailures::KEPT`] are kept), and how many other nodes failed too.
+    pub fn new(
+        recent: impl IntoIterator<Item = (SocketAddr, Arc<str>)>,
+        more: usize,
+    ) -> ConnectFailures {
+        let all: Vec<Error> = recent
+            .into_iter()
+            .map(|(endpoint, reason)| Error::ConnectFailed { endpoint, reason })
+            .collect();
+        let kept = all.len().min(Self::KEPT);
+        let more = more + (all.len() - kept);
+        ConnectFailures { recent: all.into_iter().take(kept).collect(), more }
+    }
+
+    /// The kept failures, each an [`Error::ConnectFailed`], newest first.
+    pub fn iter(&self) -> impl Iterator<Item = &Error> + '_ {
+        self.recent.iter()
+    }
+
+    /// The most recent failure.
+    pub fn most_recent(&self) -> Option<&Error> {
+        self.recent.first()
+    }
+
+    /// Nodes whose last connect failed but are not kept here.
+    pub fn more(&self) -> usize {
+        self.more
+    }
+
+    /// Every node whose last connect failed: the kept ones and [`ConnectFailures::more`].
+    pub fn nodes(&self) -> usize {
+        self.recent.len() + self.more
+    }
+
+    /// No failure at all.
+    pub fn is_empty(&self) -> bool {
+        self.nodes() == 0
+    }
+}
+
+/// `127.0.0.1:1: connection refused (os error 111); …; +N more`.
+impl fmt::Display for ConnectFailures {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, failure) in self.recent.iter().take(Self::SHOWN).enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            match failure {
+                Error::ConnectFailed { endpoint, reason } => write!(f, "{endpoint}: {reason}")?,
+                other => write!(f, "{other}")?,
+            }
+        }
+        let hidden = self.nodes() - self.recent.len().min(Self::SHOWN);
+        if hidden > 0 {
+            write!(f, "; +{hidden} more")?;
+        }
+        Ok(())
+    }
+}
+
 impl Error {
+    /// [`Error::NoEndpoints`] with these causes (none: no node is known).
+    pub fn no_endpoints(causes: ConnectFailures) -> Error {
+        let last_cause = causes.most_recent().cloned().map(Arc::new);
+        Error::NoEndpoints { causes, last_cause }
+    }
+
     /// The Go SDK's numeric code for this error (`PROTOCOL.md` §6.10).
     pub fn code(&self) -> u32 {
         match self {
@@ -235,9 +347,10 @@ impl Error {
             Error::Server { .. } => codes::SERVER_ERROR,
             Error::ConnectionLost { .. } => codes::CONN_CLOSED_BY_PEER,
             Error::WriteFailed { .. } => codes::CONN_WRITE_FAILED,
+            Error::ConnectFailed { .. } => codes::NEW_CONN_FAILED,
             Error::InvalidConfig { .. }
             | Error::InCallback { .. }
-            | Error::NoEndpoints
+            | Error::NoEndpoints { .. }
             | Error::Transport(_)
             | Error::Discovery(_) => codes::UNKNOWN,
         }
@@ -298,6 +411,44 @@ mod tests {
         );
         assert_eq!(Error::QueueFull.code(), 10004);
         assert_eq!(Error::ProducerClosed.code(), 10003);
-        assert_eq!(Error::NoEndpoints.to_string(), "service has no endpoints");
+        let none = Error::no_endpoints(ConnectFailures::default());
+        assert_eq!(none.to_string(), "service has no endpoints");
+        assert!(std::error::Error::source(&none).is_none());
+        assert_eq!(none.code(), 20001);
+    }
+
+    #[test]
+    fn no_endpoints_names_the_last_failure_of_each_node_and_counts_the_rest() {
+        let node = |i: u8| SocketAddr::from(([127, 0, 0, i], 1));
+        let refused: Arc<str> = "connection refused (os error 111)".into();
+        let one = Error::no_endpoints(ConnectFailures::new([(node(1), refused.clone())], 0));
+        assert_eq!(
+            one.to_string(),
+            "service has no endpoints (connect failed: 127.0.0.1:1: connection refused (os error \
+             111))"
+        );
+        let source = std::error::Error::source(&one).expect("the most recent cause");
+        assert_eq!(
+            source.to_string(),
+            "connect to 127.0.0.1:1 failed: connection refused (os error 111)"
+        );
+        let failures = (1..=10).map(|i| (node(i), format!("reason {i}").into()));
+        let many = ConnectFailures::new(failures, 90);
+        assert_eq!((many.iter().count(), many.more(), many.nodes()), (8, 92, 100));
+        assert_eq!(many.most_recent().map(Error::code), Some(10006));
+        let error = Error::no_endpoints(many.clone());
+        assert_eq!(
+            error.to_string(),
+            "service has no endpoints (connect failed: 127.0.0.1:1: reason 1; 127.0.0.2:1: reason \
+             2; 127.0.0.3:1: reason 3; +97 more)"
+        );
+        assert_eq!(
+            std::error::Error::source(&error).unwrap().to_string(),
+            "connect to 127.0.0.1:1 failed: reason 1"
+        );
+        assert_eq!(error.clone(), error, "clones share the list");
+        let timeout =
+            Error::SendTimeout { batch_id: 1, attempts: 1, last_error: Some(Box::new(error)) };
+        assert!(timeout.to_string().contains("127.0.0.1:1: reason 1"), "{timeout}");
     }
 }

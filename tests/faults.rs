@@ -918,3 +918,144 @@ fn produce_close_cycles_leak_no_threads_or_fds() {
         }
     }
 }
+
+/// How the dead nodes of [`live_node_among_dead_ones`] fail a connect.
+#[derive(Debug, Clone, Copy)]
+enum Dead {
+    /// Nothing listens: the connect is refused at once. 10 000 of them, listed by the Manager.
+    Refusing,
+    /// The connect never completes (it times out after `conn_timeout`). 40 of them, static.
+    BlackHole,
+}
+
+/// Where the one live node is in the list.
+#[derive(Debug, Clone, Copy)]
+enum Position {
+    First,
+    Middle,
+    Last,
+}
+
+/// Dead nodes on loopback, and the sockets that keep them dead while the value lives.
+struct DeadNodes {
+    addrs: Vec<SocketAddr>,
+    _sockets: Vec<socket2::Socket>,
+    _fill: Vec<std::net::TcpStream>,
+}
+
+impl DeadNodes {
+    /// `count` refusing nodes: distinct 127.1.x.y addresses on one port that a bound,
+    /// non-listening socket on 127.0.0.1 reserves (nobody can listen on it for every address).
+    fn refusing(count: usize) -> DeadNodes {
+        use socket2::{Domain, Socket, Type};
+        let reserved = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        reserved.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into()).unwrap();
+        let port = reserved.local_addr().unwrap().as_socket().unwrap().port();
+        let addrs: Vec<SocketAddr> = (0..count)
+            .map(|i| {
+                let [_, _, x, y] = u32::try_from(i).unwrap().to_be_bytes();
+                SocketAddr::from(([127, 1, x, y], port))
+            })
+            .collect();
+        let refused = std::net::TcpStream::connect_timeout(&addrs[0], Duration::from_secs(1));
+        let error = refused.expect_err("a dead node accepted a connection");
+        assert_eq!(error.kind(), std::io::ErrorKind::ConnectionRefused, "{error}");
+        DeadNodes { addrs, _sockets: vec![reserved], _fill: Vec::new() }
+    }
+
+    /// `count` black holes: listeners with a backlog of 1 that never accept, their accept queue
+    /// filled by two connections, so the kernel drops every further SYN and a connect hangs.
+    fn black_holes(count: usize) -> DeadNodes {
+        use socket2::{Domain, Socket, Type};
+        let (mut addrs, mut sockets, mut fill) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..count {
+            let listener = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+            listener.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into()).unwrap();
+            listener.listen(1).unwrap();
+            let addr = listener.local_addr().unwrap().as_socket().unwrap();
+            for _ in 0..2 {
+                fill.push(
+                    std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).unwrap(),
+                );
+            }
+            addrs.push(addr);
+            sockets.push(listener);
+        }
+        let hung = std::net::TcpStream::connect_timeout(&addrs[0], Duration::from_millis(200));
+        let error = hung.expect_err("a black hole accepted a connection");
+        assert_eq!(error.kind(), std::io::ErrorKind::TimedOut, "{error}");
+        DeadNodes { addrs, _sockets: sockets, _fill: fill }
+    }
+}
+
+/// One live node among dead ones that are listed too (as real Managers list nodes whose
+/// heartbeats stopped): every shard must find it and every record must be acked, wherever it
+/// is in the list.
+fn live_node_among_dead_ones(dead: Dead, position: Position) {
+    let _run = shared_run();
+    let records = 2_000;
+    for transport in transports() {
+        let cluster = cluster(1);
+        let nodes = match dead {
+            Dead::Refusing => DeadNodes::refusing(10_000),
+            Dead::BlackHole => DeadNodes::black_holes(40),
+        };
+        let mut list = nodes.addrs.clone();
+        let at = match position {
+            Position::First => 0,
+            Position::Middle => list.len() / 2,
+            Position::Last => list.len(),
+        };
+        list.insert(at, cluster.node(0).addr());
+        let builder = match dead {
+            Dead::Refusing => {
+                cluster.manager().set_nodes(&list);
+                builder(&cluster, transport)
+            }
+            Dead::BlackHole => Producer::builder()
+                .group_id("test_group")
+                .endpoints(list)
+                .transport(transport)
+                .shards(2)
+                .conn_timeout(Duration::from_millis(300)),
+        };
+        let started = Instant::now();
+        let producer = builder.build().unwrap();
+        let load = Load::start(producer, records, PACE / 4);
+        let run = load.finish(Close::Blocking(Duration::from_secs(15)));
+        let scenario = format!("live {position:?} of {} {dead:?}", nodes.addrs.len() + 1);
+        let summary = assert_contract(&cluster, &run, &scenario);
+        assert_eq!(summary.failed, 0, "{scenario}: {:?}", summary.kinds);
+        eprintln!("{scenario} on {}: {:?}", run.transport, started.elapsed());
+    }
+}
+
+#[test]
+fn a_live_node_first_among_10_000_refusing_ones_gets_every_record() {
+    live_node_among_dead_ones(Dead::Refusing, Position::First);
+}
+
+#[test]
+fn a_live_node_in_the_middle_of_10_000_refusing_ones_gets_every_record() {
+    live_node_among_dead_ones(Dead::Refusing, Position::Middle);
+}
+
+#[test]
+fn a_live_node_last_of_10_000_refusing_ones_gets_every_record() {
+    live_node_among_dead_ones(Dead::Refusing, Position::Last);
+}
+
+#[test]
+fn a_live_node_first_among_40_black_holes_gets_every_record() {
+    live_node_among_dead_ones(Dead::BlackHole, Position::First);
+}
+
+#[test]
+fn a_live_node_in_the_middle_of_40_black_holes_gets_every_record() {
+    live_node_among_dead_ones(Dead::BlackHole, Position::Middle);
+}
+
+#[test]
+fn a_live_node_last_of_40_black_holes_gets_every_record() {
+    live_node_among_dead_ones(Dead::BlackHole, Position::Last);
+}

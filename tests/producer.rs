@@ -430,7 +430,9 @@ fn bad_options_and_unreachable_managers_fail_build_quickly() {
     assert!(started.elapsed() < Duration::from_secs(5));
     cluster.manager().start_listening().unwrap();
     cluster.manager().set_nodes(&[]);
-    assert_eq!(builder(&cluster, Transport::Epoll).build().unwrap_err(), Error::NoEndpoints);
+    let error = builder(&cluster, Transport::Epoll).build().unwrap_err();
+    assert!(matches!(error, Error::NoEndpoints { .. }), "{error:?}");
+    assert_eq!(error.to_string(), "service has no endpoints");
 }
 
 #[test]

@@ -27,7 +27,7 @@ use crate::engine::PendingBudget;
 use crate::engine::{ConnId, EngineConfig, EngineEvent, FramePool, SealedBatch, ShardEngine};
 use crate::error::{codes, Error};
 use crate::metrics::ShardMetrics;
-use endpoints::{EndpointPlan, SlotState};
+use endpoints::{AttemptId, EndpointPlan, Placement};
 use transport::{connect, ConnTasks, Lost, SocketSettings};
 
 /// Everything a shard thread needs to start.
@@ -116,23 +116,21 @@ pub fn spawn(
     })
 }
 
-/// A finished connect attempt: the slot it was for and its result.
-type Connected = (usize, std::io::Result<ConnTasks>);
+/// A finished connect attempt: its id, its node and its result.
+type Connected = (AttemptId, SocketAddr, std::io::Result<ConnTasks>);
 
 struct Shell {
     settings: ShardSettings,
     engine: Rc<RefCell<ShardEngine>>,
     shared: Arc<ShardShared>,
     conns: HashMap<ConnId, ConnTasks>,
+    /// Which connections serve the shard's slots, and which connects to start.
     plan: EndpointPlan,
-    /// Which slot each connection serves; drained connections serve none.
-    slot_of: HashMap<ConnId, usize>,
     /// When each serving connection is replaced (rotation or `max_conn_lifetime`), and why.
     retire_at: HashMap<ConnId, (Instant, &'static str)>,
     rng: u64,
     lost: Rc<RefCell<Vec<Lost>>>,
     connected: Rc<RefCell<Vec<Connected>>>,
-    next_conn: ConnId,
     sealed: Vec<SealedBatch>,
     budget: Arc<PendingBudget>,
     /// Wakes this shard; registered with the budget while records wait for room.
@@ -146,7 +144,7 @@ async fn run(settings: ShardSettings, shared: Arc<ShardShared>, budget: Arc<Pend
         settings.frames.clone(),
         settings.metrics.clone(),
     );
-    let plan = EndpointPlan::new(settings.index, settings.endpoints.clone(), Instant::now());
+    let plan = EndpointPlan::new(settings.index, settings.endpoints.clone());
     let sealed = crate::engine::buffers::resident_vec(settings.engine.inflight_capacity);
     let waker = shared.waker();
     let mut shell = Shell {
@@ -155,12 +153,10 @@ async fn run(settings: ShardSettings, shared: Arc<ShardShared>, budget: Arc<Pend
         shared,
         conns: HashMap::new(),
         plan,
-        slot_of: HashMap::new(),
         retire_at: HashMap::new(),
         rng: 0x9E37_79B9_7F4A_7C15 ^ settings_seed(),
         lost: Rc::default(),
         connected: Rc::default(),
-        next_conn: 1,
         sealed,
         budget,
         waker,
@@ -205,7 +201,7 @@ impl Shell {
                 }
             }
             self.handle_events(now);
-            self.rebalance(now);
+            self.rebalance();
             self.reconnect(now);
             self.transmit(now);
 
@@ -292,37 +288,40 @@ impl Shell {
         linger
     }
 
-    /// New connections join the engine; lost ones leave it (their batches are retried).
+    /// New connections join the engine (or are closed when not needed); lost ones leave it
+    /// (their batches are retried); the engine learns of new connect failures.
     fn handle_connections(&mut self, now: Instant) {
         let connected = std::mem::take(&mut *self.connected.borrow_mut());
-        for (slot, result) in connected {
-            let wanted = self.plan.slots().get(slot).map(|s| (s.endpoint, s.state));
+        for (id, endpoint, result) in connected {
             match result {
-                Ok(tasks) => {
-                    let (id, endpoint) = (tasks.id, tasks.endpoint);
-                    if wanted != Some((endpoint, SlotState::Connecting)) {
-                        // The plan moved on while connecting (new node list): not needed.
-                        tasks.close();
-                        continue;
+                Ok(tasks) => match self.plan.connect_succeeded(id) {
+                    Placement::Serve { slot, replaces } => {
+                        tracing::debug!(shard = self.settings.index, conn = id, %endpoint, slot, "connected");
+                        self.engine.borrow_mut().add_conn(now, id, endpoint);
+                        self.settings.metrics.connections_delta(1);
+                        self.conns.insert(id, tasks);
+                        self.schedule_retirement(id, now);
+                        if slot == 0 {
+                            self.engine.borrow_mut().prefer(id);
+                        }
+                        if let Some(old) = replaces {
+                            tracing::info!(
+                                shard = self.settings.index,
+                                conn = old,
+                                %endpoint,
+                                "moving a connection back to its preferred node"
+                            );
+                            self.retire_at.remove(&old);
+                            self.engine.borrow_mut().drain_conn(old, "moved to its preferred node");
+                        }
                     }
-                    tracing::debug!(shard = self.settings.index, conn = id, %endpoint, "connected");
-                    self.engine.borrow_mut().add_conn(now, id, endpoint);
-                    self.settings.metrics.connections_delta(1);
-                    self.conns.insert(id, tasks);
-                    self.slot_of.insert(id, slot);
-                    self.schedule_retirement(id, now);
-                    self.plan.connected(slot, endpoint);
-                    if slot == 0 {
-                        self.engine.borrow_mut().prefer(id);
-                    }
-                }
+                    // Another connect got there first, or the node left the list.
+                    Placement::Close => tasks.close(),
+                },
                 Err(error) => {
-                    let endpoint = wanted.map(|(e, _)| e.to_string()).unwrap_or_default();
                     tracing::warn!(shard = self.settings.index, %endpoint, %error, "connect failed");
                     self.settings.metrics.error_event(codes::NEW_CONN_FAILED);
-                    if matches!(wanted, Some((_, SlotState::Connecting))) {
-                        self.plan.failed(slot, now);
-                    }
+                    self.plan.connect_failed(id, now, connect_failure_reason(&error));
                     self.ask_refresh_if_stranded();
                 }
             }
@@ -338,14 +337,16 @@ impl Shell {
             .map(|(conn, (_, reason))| (*conn, *reason))
             .collect();
         for (conn, reason) in due {
-            self.drain(conn, reason, now);
+            self.drain(conn, reason);
+        }
+        if let Some(causes) = self.plan.take_connect_failures() {
+            self.engine.borrow_mut().set_connect_failures(causes);
         }
     }
 
     /// Every node is failing for this shard: maybe the list is stale, ask the Manager now.
     fn ask_refresh_if_stranded(&self) {
-        let stranded = self.plan.slots().iter().all(|slot| slot.state != SlotState::Up);
-        if let (true, Some(refresh)) = (stranded, &self.settings.refresh_now) {
+        if let (true, Some(refresh)) = (self.plan.stranded(), &self.settings.refresh_now) {
             refresh.notify_one();
         }
     }
@@ -373,13 +374,11 @@ impl Shell {
     }
 
     /// Stops giving `conn` new batches; it closes once its replies are in, and its slot
-    /// reconnects (to the best node) at once.
-    fn drain(&mut self, conn: ConnId, reason: &'static str, now: Instant) {
+    /// reconnects at once (to its preferred node, or else to the same one).
+    fn drain(&mut self, conn: ConnId, reason: &'static str) {
         self.retire_at.remove(&conn);
         self.engine.borrow_mut().drain_conn(conn, reason);
-        if let Some(slot) = self.slot_of.remove(&conn) {
-            self.plan.released(slot, now);
-        }
+        self.plan.released(conn);
     }
 
     fn drop_conn(&mut self, now: Instant, conn: ConnId, reason: &str) {
@@ -394,44 +393,34 @@ impl Shell {
         }
         self.engine.borrow_mut().conn_lost(now, conn, reason);
         self.retire_at.remove(&conn);
-        if let Some(slot) = self.slot_of.remove(&conn) {
-            // A connection that broke (not one we drained): quarantine its node.
-            self.plan.failed(slot, now);
+        // A connection that broke (not one we drained): its node is quarantined.
+        if self.plan.lost(conn, now) {
             self.ask_refresh_if_stranded();
         }
     }
 
-    /// Moves slots off nodes they should leave (removed, or a better node is back).
-    fn rebalance(&mut self, now: Instant) {
-        self.plan.refresh_down_slots(now);
-        let misplaced = self.plan.misplaced(now);
-        if misplaced.is_empty() {
-            return;
+    /// Moves slots off nodes that left the list, retires surplus slots, and lets the slots
+    /// trade places when the other one serves the primary's preferred node. (A slot goes back
+    /// to its preferred node through a probe connect: see [`Shell::handle_connections`].)
+    fn rebalance(&mut self) {
+        if let Some(primary) = self.plan.take_primary_swap() {
+            self.engine.borrow_mut().prefer(primary);
         }
-        let wanted = self.plan.endpoints().len().min(2);
-        for slot in misplaced {
-            let conn = self.slot_of.iter().find(|(_, s)| **s == slot).map(|(c, _)| *c);
-            if let Some(conn) = conn {
-                self.retire_at.remove(&conn);
-                tracing::info!(
-                    shard = self.settings.index,
-                    conn,
-                    "moving a connection to another node"
-                );
-                self.engine.borrow_mut().drain_conn(conn, "rebalanced");
-                self.slot_of.remove(&conn);
-            }
-            if slot < wanted {
-                self.plan.released(slot, now);
-            }
+        for conn in self.plan.take_misplaced() {
+            self.retire_at.remove(&conn);
+            tracing::info!(
+                shard = self.settings.index,
+                conn,
+                "moving a connection to another node"
+            );
+            self.engine.borrow_mut().drain_conn(conn, "rebalanced");
         }
-        self.plan.retire_surplus();
     }
 
+    /// Starts the connects the plan wants; each reports back through `connected`.
     fn reconnect(&mut self, now: Instant) {
-        for (slot, endpoint) in self.plan.due_connects(now) {
-            let id = self.next_conn;
-            self.next_conn += 1;
+        for attempt in self.plan.due_connects(now) {
+            let (id, endpoint) = (attempt.id, attempt.endpoint);
             let job = connect(
                 id,
                 endpoint,
@@ -444,7 +433,7 @@ impl Shell {
             let shared = self.shared.clone();
             compio::runtime::spawn(async move {
                 let result = job.await;
-                connected.borrow_mut().push((slot, result));
+                connected.borrow_mut().push((id, endpoint, result));
                 shared.notify();
             })
             .detach();
@@ -496,6 +485,17 @@ fn reason_codes(reason: &str) -> (u32, Option<u32>) {
         (codes::UNKNOWN, None)
     } else {
         (codes::OK, None)
+    }
+}
+
+/// Why a connect failed, as [`Error::ConnectFailed`] and [`Error::NoEndpoints`] show it:
+/// `connection refused (os error 111)`, `connect timed out after 3s`.
+fn connect_failure_reason(error: &std::io::Error) -> Arc<str> {
+    let text = error.to_string();
+    let mut chars = text.chars();
+    match chars.next() {
+        Some(first) => format!("{}{}", first.to_lowercase(), chars.as_str()).into(),
+        None => format!("{:?}", error.kind()).into(),
     }
 }
 

@@ -107,7 +107,6 @@ struct WriteSlot {
 
 /// A live connection: its tasks, and a duplicate of its socket for shutting it down.
 pub(super) struct ConnTasks {
-    pub id: ConnId,
     pub endpoint: SocketAddr,
     slot: Rc<WriteSlot>,
     socket: std::net::TcpStream,
@@ -202,7 +201,7 @@ pub(super) async fn connect(
         ));
         let writer =
             compio::runtime::spawn(write_loop(id, write_half, slot.clone(), engine, shared, lost));
-        Ok(ConnTasks { id, endpoint, slot, socket, reader: Some(reader), writer: Some(writer) })
+        Ok(ConnTasks { endpoint, slot, socket, reader: Some(reader), writer: Some(writer) })
     }
 }
 

@@ -20,7 +20,7 @@ use super::accumulator::{SealedBatch, SPARE_BODIES};
 use super::budget::PendingBudget;
 use super::buffers::{resident_vec, BufferPool, FramePool};
 use super::completion::{run_callback, BatchCompletion, BatchOutcome, Callback};
-use crate::error::Error;
+use crate::error::{ConnectFailures, Error};
 use crate::metrics::ShardMetrics;
 use crate::protocol::{
     self, AddColumns, BatchBody, BatchHeader, FrameEncoder, FrameError, Reply, HEARTBEAT_REQUEST,
@@ -205,6 +205,10 @@ pub struct ShardEngine {
     next_batch: u64,
     rng: u64,
     mid_buf: String,
+    /// The cause of a batch that found no usable connection for a whole send timeout: built
+    /// when the shell reports new connect failures ([`ShardEngine::set_connect_failures`]), and
+    /// cloned (reference counts only) into each such batch.
+    no_endpoints: Error,
 }
 
 impl std::fmt::Debug for ShardEngine {
@@ -265,7 +269,14 @@ impl ShardEngine {
             next_batch: (u64::from(wid) << 48) + 1,
             rng,
             mid_buf: String::new(),
+            no_endpoints: Error::no_endpoints(ConnectFailures::default()),
         }
+    }
+
+    /// The shard's recent connect failures, the cause of the batches that then time out
+    /// without a usable connection ([`Error::NoEndpoints`]).
+    pub fn set_connect_failures(&mut self, causes: ConnectFailures) {
+        self.no_endpoints = Error::no_endpoints(causes);
     }
 
     /// A connection's partial-reply buffer (a reply is ~40 bytes) and its queues, the sent
@@ -769,9 +780,10 @@ impl ShardEngine {
         // keep up with the writes: the batch was waiting for that node all along).
         let busy = self.conns.iter().find(|c| !c.draining && !c.doomed).map(|c| c.endpoint);
         let send_timeout = self.config.send_timeout;
+        let no_endpoints = self.no_endpoints.clone();
         let queue_cause = move || match busy {
             Some(endpoint) => Error::AckTimeout { endpoint, timeout: send_timeout },
-            None => Error::NoEndpoints,
+            None => no_endpoints.clone(),
         };
         while let Some(&id) = self.queue.front() {
             let Some(batch) = self.batches.get(&id) else {

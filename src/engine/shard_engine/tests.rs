@@ -443,9 +443,24 @@ fn batches_wait_for_a_connection_but_not_forever() {
     h.advance(SEND_TIMEOUT);
     let err = outcome(&done).unwrap().unwrap_err();
     assert!(
-        matches!(err, Error::SendTimeout { attempts: 1, ref last_error, .. } if **last_error.as_ref().unwrap() == Error::NoEndpoints),
+        matches!(err, Error::SendTimeout { attempts: 1, ref last_error, .. } if matches!(**last_error.as_ref().unwrap(), Error::NoEndpoints { .. })),
         "{err:?}"
     );
+}
+
+#[test]
+fn batches_without_a_connection_name_the_shards_connect_failures() {
+    let mut h = Harness::new(EngineConfig { max_retries: 0, ..config() });
+    let refused: Arc<str> = "connection refused (os error 111)".into();
+    let causes = crate::error::ConnectFailures::new([(ep(1), refused.clone())], 4);
+    h.engine.set_connect_failures(causes.clone());
+    let done = h.batch(1);
+    h.advance(SEND_TIMEOUT);
+    let err = outcome(&done).unwrap().unwrap_err();
+    let Error::SendTimeout { last_error: Some(cause), .. } = &err else { panic!("{err:?}") };
+    assert_eq!(**cause, Error::no_endpoints(causes));
+    let text = err.to_string();
+    assert!(text.contains("127.0.0.1:1: connection refused (os error 111); +4 more"), "{text}");
 }
 
 #[test]
