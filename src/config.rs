@@ -114,9 +114,15 @@ pub struct ProducerConfig {
     pub pin_shards: bool,
     /// I/O driver.
     pub transport: Transport,
-    /// `SendTimeout`: how long one attempt waits for its ack (30 s), exact per batch.
+    /// `SendTimeout`: how long one attempt waits for its ack (30 s), exact per batch; a batch
+    /// that waits this long for a connection to go out on has used an attempt too. Every
+    /// record's outcome (ack or failure) arrives within `batching_max_publish_delay +
+    /// send_timeout × (2 + max_retries)` plus each retry's longest backoff
+    /// (`retry_initial_interval × 2^n × 1.2`, at most 10 s) of its send: 120.38 s with the
+    /// defaults (see the README's "Delivery semantics").
     pub send_timeout: Duration,
-    /// `MaxRetries`: attempts after the first (2; 0 means none).
+    /// `MaxRetries`: attempts after the first (2; 0 means none). See `send_timeout` for the
+    /// bound the attempts set on every record's outcome.
     pub max_retries: u32,
     /// `RetryOnServerError`: retry batches answered with codes 1, 2, 3 and 114, which the server
     /// did not accept (default **true**; Go's default false loses them, see the README).

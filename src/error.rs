@@ -165,7 +165,8 @@ pub enum Error {
     AckTimeout {
         /// The node the batch was sent to.
         endpoint: SocketAddr,
-        /// The send timeout.
+        /// How long the batch waited: the send timeout, or less when its delivery deadline
+        /// came first.
         timeout: std::time::Duration,
     },
     /// The connection carrying the batch was lost before its ack.

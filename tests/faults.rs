@@ -19,7 +19,8 @@
 //! Each scenario prints one `fault-table` row per transport (records sent, acked, failed,
 //! duplicate records in the ledger, max delivery latency); collect them with
 //! `cargo test --test faults -- --nocapture 2>&1 | grep fault-table`. A scenario sends 20 000
-//! records per transport by default; the release-size run is
+//! records per transport by default (13 and 14 send a fixed backlog of 40 000 larger ones, to
+//! fill socket buffers); the release-size run is
 //!
 //! ```sh
 //! INLONG_FAULT_RECORDS=1000000 cargo test --release --test faults -- --nocapture
@@ -35,7 +36,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use inlong_dataproxy::error::Field;
-use inlong_dataproxy::server::{ErrorInjection, LocalCluster, NodeConfig, ReplyCorruption};
+use inlong_dataproxy::server::{
+    DataProxyNode, ErrorInjection, LocalCluster, NodeConfig, ReplyCorruption,
+};
 use inlong_dataproxy::{
     DeliveryFuture, DeliveryReport, Error, MetricsRegistry, Producer, ProducerBuilder, Record,
     StreamId, Transport,
@@ -119,7 +122,6 @@ const RETRIED: u8 = 2;
 
 /// How every record of one run ended: callback calls per record index, outcomes, failure kinds.
 /// Callbacks run on shard threads, so nothing here panics; [`assert_contract`] judges afterwards.
-#[derive(Default)]
 struct Tally {
     calls: Vec<AtomicU32>,
     flags: Vec<AtomicU8>,
@@ -129,6 +131,13 @@ struct Tally {
     wrong_metadata: AtomicU64,
     max_latency_us: AtomicU64,
     kinds: Mutex<BTreeMap<String, u64>>,
+    /// What the send and outcome times of [`Tally::mark_sent`] are measured from.
+    epoch: Instant,
+    /// Per record, when it was handed to the producer, in µs after `epoch` plus one (0: not
+    /// marked, e.g. records sent outside a [`Load`]).
+    sent_us: Vec<AtomicU64>,
+    /// The longest time from a marked record's send to its outcome (ack or failure), in µs.
+    max_outcome_us: AtomicU64,
 }
 
 impl Tally {
@@ -136,8 +145,30 @@ impl Tally {
         Arc::new(Tally {
             calls: (0..records).map(|_| AtomicU32::new(0)).collect(),
             flags: (0..records).map(|_| AtomicU8::new(0)).collect(),
-            ..Tally::default()
+            issued: AtomicUsize::new(0),
+            acked: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            wrong_metadata: AtomicU64::new(0),
+            max_latency_us: AtomicU64::new(0),
+            kinds: Mutex::default(),
+            epoch: Instant::now(),
+            sent_us: (0..records).map(|_| AtomicU64::new(0)).collect(),
+            max_outcome_us: AtomicU64::new(0),
         })
+    }
+
+    fn micros_since_epoch(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_micros()).unwrap_or(u64::MAX)
+    }
+
+    /// Notes that record `i` is being sent now (just before it is handed to the producer).
+    fn mark_sent(&self, i: usize) {
+        self.sent_us[i].store(self.micros_since_epoch() + 1, Ordering::SeqCst);
+    }
+
+    /// The longest a record marked by [`Tally::mark_sent`] waited for its outcome.
+    fn max_outcome(&self) -> Duration {
+        Duration::from_micros(self.max_outcome_us.load(Ordering::SeqCst))
     }
 
     /// The next record index to send, until every one has been handed out.
@@ -151,11 +182,21 @@ impl Tally {
     }
 
     fn record(streams: &[StreamId], i: usize) -> Record {
-        Record::new(streams[i % STREAMS].clone(), i.to_string()).with_metadata(i as u64)
+        Tally::padded_record(streams, i, 0)
+    }
+
+    /// Record `i` with its index zero-padded to `width` bytes (still parsed by the ledger check).
+    fn padded_record(streams: &[StreamId], i: usize, width: usize) -> Record {
+        Record::new(streams[i % STREAMS].clone(), format!("{i:0width$}")).with_metadata(i as u64)
     }
 
     fn resolve(&self, i: usize, result: Result<DeliveryReport, Error>) {
         self.calls[i].fetch_add(1, Ordering::SeqCst);
+        let sent = self.sent_us[i].load(Ordering::SeqCst);
+        if sent > 0 {
+            let waited = (self.micros_since_epoch() + 1).saturating_sub(sent);
+            self.max_outcome_us.fetch_max(waited, Ordering::SeqCst);
+        }
         match result {
             Ok(report) => {
                 if report.metadata != i as u64 {
@@ -220,6 +261,11 @@ struct Finished {
 
 impl Load {
     fn start(producer: Producer, records: usize, pace: Duration) -> Load {
+        Load::start_padded(producer, records, pace, 0)
+    }
+
+    /// Like [`Load::start`], with payloads of `width` bytes (see [`Tally::padded_record`]).
+    fn start_padded(producer: Producer, records: usize, pace: Duration, width: usize) -> Load {
         let producer = Arc::new(producer);
         let tally = Tally::new(records);
         let (sender, counts) = (producer.clone(), tally.clone());
@@ -234,7 +280,9 @@ impl Load {
                 while counts.issued() < due as usize {
                     let Some(i) = counts.next_index() else { break };
                     let tally = counts.clone();
-                    sender.send_with_callback(Tally::record(&streams, i), move |result| {
+                    counts.mark_sent(i);
+                    let record = Tally::padded_record(&streams, i, width);
+                    sender.send_with_callback(record, move |result| {
                         tally.resolve(i, result);
                     });
                 }
@@ -762,6 +810,108 @@ fn a_silent_node_loses_its_traffic_to_the_healthy_one_via_ack_timeouts() {
         assert!(summary.retried > 0, "they were retried on the healthy node");
         assert_eq!(summary.duplicates, 0, "a silent node accepts nothing");
     }
+}
+
+/// The README's bound on a record's outcome after its send ("Delivery semantics"), for the
+/// default linger (20 ms) and backoff (100 ms, doubled per retry, +20 % jitter at most, capped
+/// at 10 s): `linger + send_timeout × (2 + max_retries) + the longest backoff of each retry`.
+fn delivery_bound(send_timeout: Duration, max_retries: u32) -> Duration {
+    let backoffs: Duration = (0..max_retries)
+        .map(|n| (Duration::from_millis(120) * (1 << n.min(20))).min(Duration::from_secs(10)))
+        .sum();
+    Duration::from_millis(20) + send_timeout * (2 + max_retries) + backoffs
+}
+
+/// Scheduling slack allowed beyond [`delivery_bound`] (two cores shared with other builds).
+const BOUND_SLACK: Duration = Duration::from_secs(1);
+/// Records of the backlog scenarios: 40 MB of 1 000-byte records (sent uncompressed), far
+/// more than the socket buffers between a shard and a node hold (8 MiB or so per connection).
+const BACKLOG_RECORDS: usize = 40_000;
+const BACKLOG_RECORD_BYTES: usize = 1000;
+
+/// Sends a backlog of [`BACKLOG_RECORDS`] 1 000-byte records over [`PACE`] to a cluster whose
+/// only node `fault` has broken, with short timeouts in the defaults' proportions
+/// (`send_timeout` 1 s, four retries, heartbeats every 2 s answered within 300 ms); checks the
+/// contract, that nothing is acked, and that every record's outcome arrives within
+/// [`delivery_bound`] (+ [`BOUND_SLACK`]) of its send, on both drivers. `check` then looks at
+/// the node and the failure kinds.
+fn backlog_fails_within_the_bound(
+    scenario: &str,
+    fault: impl Fn(&DataProxyNode),
+    check: impl Fn(&DataProxyNode, &BTreeMap<String, u64>),
+) {
+    let (send_timeout, max_retries) = (Duration::from_secs(1), 4);
+    let bound = delivery_bound(send_timeout, max_retries);
+    for transport in transports() {
+        let cluster = cluster(1);
+        let node = cluster.node(0);
+        fault(&node);
+        let producer = builder(&cluster, transport)
+            .send_timeout(send_timeout)
+            .max_retries(max_retries)
+            .heartbeat_interval(Duration::from_secs(2))
+            .heartbeat_timeout(Duration::from_millis(300))
+            // The padded payloads compress twentyfold: sent as they are, they fill the sockets.
+            .compression(false)
+            .build()
+            .unwrap();
+        let load = Load::start_padded(producer, BACKLOG_RECORDS, PACE, BACKLOG_RECORD_BYTES);
+        // Room for late outcomes, so that how late they are is measured rather than cut off.
+        let run = load.finish(Close::Blocking(bound * 4));
+        let summary = assert_contract(&cluster, &run, scenario);
+        assert_eq!(summary.acked, 0, "{scenario}: the node accepts nothing");
+        let worst = run.tally.max_outcome();
+        let late = worst.saturating_sub(bound);
+        eprintln!(
+            "{scenario} ({transport:?}): worst outcome {worst:?} after send, bound {bound:?}, \
+             {late:?} past it; run {:?}",
+            run.elapsed
+        );
+        assert!(
+            worst <= bound + BOUND_SLACK,
+            "{scenario} ({transport:?}): a record's outcome came {worst:?} after its send, \
+             {late:?} past the bound of {bound:?}"
+        );
+        let causes = ["AckTimeout", "NoEndpoints", "ConnectionLost"]
+            .map(|cause| format!("10001 SendTimeout<-{cause}"));
+        assert!(summary.kinds.keys().all(|kind| causes.contains(kind)), "{:?}", summary.kinds);
+        check(&node, &summary.kinds);
+    }
+}
+
+// (13)
+#[test]
+fn a_node_that_never_reads_fails_every_record_of_a_backlog_within_the_bound() {
+    let _run = shared_run();
+    backlog_fails_within_the_bound(
+        "node never reads",
+        |node| node.update_faults(|f| f.stall_reads = true),
+        |node, kinds| {
+            let stats = node.stats();
+            assert!(stats.connections > 0, "connected");
+            assert_eq!((stats.batches, stats.dropped, stats.heartbeats), (0, 0, 0), "read nothing");
+            // Waiting on that node: for an ack, or behind its full socket.
+            assert!(kinds.contains_key("10001 SendTimeout<-AckTimeout"), "{kinds:?}");
+        },
+    );
+}
+
+// (14)
+#[test]
+fn a_silent_node_or_none_fails_every_record_of_a_backlog_within_the_bound() {
+    let _run = shared_run();
+    backlog_fails_within_the_bound(
+        "silent node, backlog",
+        |node| node.update_faults(|f| f.silent = true),
+        |node, kinds| {
+            assert!(node.stats().dropped > 0, "the node swallowed batches");
+            assert!(kinds.contains_key("10001 SendTimeout<-AckTimeout"), "{kinds:?}");
+        },
+    );
+    backlog_fails_within_the_bound("no node up, backlog", DataProxyNode::stop, |node, kinds| {
+        assert_eq!(node.stats().connections, 0);
+        assert_eq!(kinds.keys().collect::<Vec<_>>(), ["10001 SendTimeout<-NoEndpoints"]);
+    });
 }
 
 /// The value of the sample whose line starts with `series` (labels in Prometheus' sorted order).

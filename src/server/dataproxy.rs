@@ -71,6 +71,12 @@ pub struct Faults {
     pub errors: Option<ErrorInjection>,
     /// Read and drop every frame: nothing is accepted, counted or answered (a black hole).
     pub silent: bool,
+    /// Accept connections but stop reading from them: the client's writes stall once the
+    /// socket buffers between it and the node are full (a node that hangs, or cannot keep up).
+    /// Each connection stops before its next read, so nothing more is counted or answered;
+    /// the connection stays open, unread, until the fault is lifted (it then reads on) or the
+    /// node closes its connections ([`DataProxyNode::kill_connections`], [`DataProxyNode::stop`]).
+    pub stall_reads: bool,
     /// Close a connection, without accepting or answering it, when its n-th batch arrives.
     pub close_after_batches: Option<u64>,
     /// Reject mode (node being taken offline): every batch gets code 2 `SERVICE_CLOSED`.
@@ -173,6 +179,8 @@ struct NodeInner {
     state: Mutex<NodeState>,
     /// Bumped to close every open connection.
     epoch: watch::Sender<u64>,
+    /// Bumped whenever the faults change (wakes connections that stopped reading).
+    faults_changed: watch::Sender<u64>,
     /// The accept loop, while listening.
     acceptor: Mutex<Option<Acceptor>>,
     open_connections: AtomicUsize,
@@ -258,6 +266,7 @@ impl DataProxyNode {
         let listener = bind(runtime, addr)?;
         let addr = listener.local_addr()?;
         let (epoch, _) = watch::channel(0);
+        let (faults_changed, _) = watch::channel(0);
         let state =
             NodeState { rng: 0x9E37_79B9_7F4A_7C15 ^ u64::from(addr.port()), ..Default::default() };
         let node = DataProxyNode {
@@ -268,6 +277,7 @@ impl DataProxyNode {
                 duplicates,
                 state: Mutex::new(state),
                 epoch,
+                faults_changed,
                 acceptor: Mutex::new(None),
                 open_connections: AtomicUsize::new(0),
             }),
@@ -319,11 +329,13 @@ impl DataProxyNode {
     /// Replaces the node's faults.
     pub fn set_faults(&self, faults: Faults) {
         lock(&self.inner.state).faults = faults;
+        self.inner.faults_changed.send_modify(|version| *version += 1);
     }
 
     /// Changes the node's faults in place.
     pub fn update_faults(&self, change: impl FnOnce(&mut Faults)) {
         change(&mut lock(&self.inner.state).faults);
+        self.inner.faults_changed.send_modify(|version| *version += 1);
     }
 
     /// The faults in force.
@@ -383,13 +395,22 @@ impl DataProxyNode {
         let inner = &self.inner;
         inner.open_connections.fetch_add(1, Ordering::Relaxed);
         let mut epoch = inner.epoch.subscribe();
+        let mut faults_changed = inner.faults_changed.subscribe();
         let (mut reader, writer) = stream.into_split();
         let pending = Arc::new(AtomicUsize::new(0));
         let (replies, reply_rx) = mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
         let writer_task = tokio::spawn(write_replies(writer, reply_rx, pending.clone()));
         let mut conn =
             Connection { buf: BytesMut::with_capacity(256 << 10), ..Connection::default() };
-        let outcome = loop {
+        let outcome = 'serve: loop {
+            // The stall_reads fault: read nothing more until it is lifted or the node closes
+            // its connections.
+            while lock(&inner.state).faults.stall_reads {
+                tokio::select! {
+                    changed = faults_changed.changed() => if changed.is_err() { break 'serve "node gone" },
+                    _ = epoch.changed() => break 'serve "killed",
+                }
+            }
             conn.buf.reserve(64 << 10);
             let read = tokio::select! {
                 read = tokio::time::timeout(inner.config.read_idle_timeout, reader.read_buf(&mut conn.buf)) => read,

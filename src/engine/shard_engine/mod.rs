@@ -9,6 +9,16 @@
 //!
 //! Every batch has one owner here from `enqueue` until it is resolved, exactly once, through its
 //! [`BatchCompletion`]: acked, failed with a server code, or failed after its attempts.
+//!
+//! Timers. Every batch has a delivery deadline, [`ShardEngine::delivery_timeout`] after it is
+//! enqueued, by which it is resolved whatever it is doing (queued, sent, in backoff, behind a
+//! full write buffer); within it each attempt has its own: a queued batch's wait for a
+//! connection, a sent batch's ack deadline, a backoff's end. Each kind of timer lives in a
+//! structure ordered by due time, so that [`ShardEngine::poll_timeout`] looks at a few ends
+//! and [`ShardEngine::handle_timeout`] takes only what is due: the delivery deadlines in
+//! enqueue order, the queued batches in two queues whose ends hold the longest waits, the ack
+//! deadlines in send order per connection, the backoffs in a heap. Timers of batches that moved
+//! on are dropped when they come up (a batch's state says which timer is its current one).
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -52,10 +62,11 @@ const SPARE_CONN_PARTS: usize = 4;
 /// and a third that replaces one of them before it is retired (a node back after a restart).
 /// Created later, the third appeared minutes into the soak, 128 KiB at once.
 const START_CONN_PARTS: usize = 3;
-/// The send queue, the backoff heap and each connection's sent-batch queue have room for this
-/// many times the pending budget's worth of full batches: batches sealed by linger hold fewer
-/// records, and in the soak one shard held more than a budget's worth of full batches (the
-/// other shard's node was down and its records acked, leaving it the whole budget).
+/// The send queues, the delivery deadlines, the backoff heap and each connection's sent-batch
+/// queue have room for this many times the pending budget's worth of full batches: batches
+/// sealed by linger hold fewer records, and in the soak one shard held more than a budget's
+/// worth of full batches (the other shard's node was down and its records acked, leaving it the
+/// whole budget).
 const QUEUE_SLACK: usize = 2;
 
 /// A connection's partial-reply buffer, sent-batch queue and heartbeat queue.
@@ -167,6 +178,10 @@ struct Conn {
     /// Batches sent on this connection, oldest first, for FIFO matching of replies without
     /// `mid` and for the per-connection send deadlines.
     sent: VecDeque<(u64, u32)>,
+    /// The sends before this index in `sent` are over (answered elsewhere, retried, failed):
+    /// kept only so that replies without `mid` still match in order, and skipped by the
+    /// deadline scans, which would otherwise walk a backlog's worth of them at every turn.
+    live_from: usize,
     heartbeats: VecDeque<Instant>,
     last_write: Instant,
 }
@@ -179,7 +194,19 @@ pub struct ShardEngine {
     metrics: ShardMetrics,
     pending_records: u64,
     batches: HashMap<u64, Box<Inflight>>,
-    queue: VecDeque<u64>,
+    /// Batches waiting to go out for the first time, oldest first: sent in this order, after
+    /// the retries; the front has waited longest.
+    fresh: VecDeque<u64>,
+    /// Batches waiting to go out again (connection lost, backoff over), sent before the fresh
+    /// ones, newest first (a group queued at once keeps its order): the back has waited longest.
+    retries: VecDeque<u64>,
+    /// Every unresolved batch's delivery deadline, in enqueue order, which is deadline order
+    /// (all are `delivery_timeout` after their enqueue). Entries of resolved batches leave from
+    /// the front as they come up, and all at once when the queue is full (see
+    /// [`ShardEngine::push_delivery_deadline`]).
+    deliver_by: VecDeque<(Instant, u64)>,
+    /// See [`ShardEngine::delivery_timeout`].
+    delivery_timeout: Duration,
     backoffs: BinaryHeap<Reverse<(Instant, u64, u32)>>,
     conns: Vec<Conn>,
     events: VecDeque<EngineEvent>,
@@ -216,7 +243,7 @@ impl std::fmt::Debug for ShardEngine {
         f.debug_struct("ShardEngine")
             .field("wid", &self.config.wid)
             .field("inflight", &self.batches.len())
-            .field("queued", &self.queue.len())
+            .field("queued", &(self.fresh.len() + self.retries.len()))
             .field("conns", &self.conns.len())
             .finish_non_exhaustive()
     }
@@ -241,6 +268,7 @@ impl ShardEngine {
         let spare_conn_parts =
             (0..START_CONN_PARTS).map(|_| Self::new_conn_parts(inflight_capacity)).collect();
         let idle_completion = BatchCompletion::new();
+        let delivery_timeout = Self::delivery_timeout_of(&config);
         let mut spare_inflight = resident_vec(inflight_capacity);
         spare_inflight
             .extend((0..inflight_capacity).map(|_| Box::new(Inflight::idle(&idle_completion))));
@@ -253,7 +281,10 @@ impl ShardEngine {
             // Room for four times the budget's worth of full batches (linger seals smaller ones).
             batches: HashMap::with_capacity(inflight_capacity * 4),
             // Sized for twice a full budget of full batches, pages resident (see `resident_vec`).
-            queue: VecDeque::from(resident_vec(inflight_capacity * QUEUE_SLACK)),
+            fresh: VecDeque::from(resident_vec(inflight_capacity * QUEUE_SLACK)),
+            retries: VecDeque::from(resident_vec(inflight_capacity * QUEUE_SLACK)),
+            deliver_by: VecDeque::from(resident_vec(inflight_capacity * QUEUE_SLACK)),
+            delivery_timeout,
             backoffs: BinaryHeap::from(resident_vec(inflight_capacity * QUEUE_SLACK)),
             conns: Vec::new(),
             events: VecDeque::new(),
@@ -287,6 +318,85 @@ impl ShardEngine {
             VecDeque::from(resident_vec(inflight_capacity * QUEUE_SLACK)),
             VecDeque::new(),
         )
+    }
+
+    /// How long after it is enqueued a batch is resolved at the latest, acked or failed:
+    ///
+    /// `send_timeout × (2 + max_retries) + Σ backoff_n`, `backoff_n = min(retry_initial_interval
+    /// × 2^n × 1.2, retry_max_interval)` for `n` in `0..max_retries`.
+    ///
+    /// That is every attempt waiting a whole `send_timeout` for its ack, every backoff between
+    /// them at its longest (jitter included), and one more `send_timeout` in all for waiting to
+    /// go out (for a connection, behind a full write buffer, after a lost connection): a batch
+    /// whose attempts run their normal course is resolved by them, never cut short. Past it the
+    /// batch fails with [`Error::SendTimeout`] whatever it is doing. Its records were sent at
+    /// most the linger delay before the batch was sealed and enqueued.
+    pub fn delivery_timeout(&self) -> Duration {
+        self.delivery_timeout
+    }
+
+    fn delivery_timeout_of(config: &EngineConfig) -> Duration {
+        let cap = config.retry_max_interval;
+        let backoffs = (0..config.max_retries)
+            .map(|n| {
+                // As `backoff` draws them: the base doubled per retry, +20 % at most, capped.
+                let base = config.retry_initial_interval.saturating_mul(1 << n.min(30));
+                if base >= cap {
+                    cap
+                } else {
+                    base.mul_f64(1.2).min(cap)
+                }
+            })
+            .fold(Duration::ZERO, Duration::saturating_add);
+        config.send_timeout.saturating_mul(2 + config.max_retries).saturating_add(backoffs)
+    }
+
+    /// Queues `id` to be sent (at the back of `fresh`, or at the front of `retries`). A queue
+    /// that is full first lets go of the entries of batches no longer queued (resolved while
+    /// waiting, or timed out in the middle of it), and grows only when that frees less than
+    /// half of it, so a backlog neither regrows it nor makes it hold dead entries for long.
+    fn push_with_room(
+        queue: &mut VecDeque<u64>,
+        batches: &HashMap<u64, Box<Inflight>>,
+        id: u64,
+        front: bool,
+    ) {
+        if queue.len() == queue.capacity() {
+            queue.retain(|id| Self::is_queued(batches, *id));
+            if queue.len() * 2 > queue.capacity() {
+                queue.reserve(queue.capacity());
+            }
+        }
+        if front {
+            queue.push_front(id);
+        } else {
+            queue.push_back(id);
+        }
+    }
+
+    /// Whether an entry of the send queues is the batch's current one.
+    fn is_queued(batches: &HashMap<u64, Box<Inflight>>, id: u64) -> bool {
+        batches.get(&id).is_some_and(|batch| matches!(batch.state, BatchState::Queued { .. }))
+    }
+
+    /// Notes the delivery deadline of a batch just enqueued. Entries of resolved batches leave
+    /// from the front as they come up ([`ShardEngine::resolve`]); one batch that lives long
+    /// keeps those behind it, so a full queue first lets go of every resolved batch's entry and
+    /// grows only when that frees less than half of it: amortised O(1) per batch, and no
+    /// allocation while the live batches fit in half of it.
+    fn push_delivery_deadline(&mut self, now: Instant, id: u64) {
+        let queue = &mut self.deliver_by;
+        if queue.len() == queue.capacity() {
+            let batches = &self.batches;
+            queue.retain(|(_, id)| batches.contains_key(id));
+            if queue.len() * 2 > queue.capacity() {
+                queue.reserve(queue.capacity());
+            }
+        }
+        let at = now.checked_add(self.delivery_timeout).unwrap_or(now);
+        // `now` never goes back in the shell; kept in order all the same.
+        let at = queue.back().map_or(at, |&(last, _)| at.max(last));
+        queue.push_back((at, id));
     }
 
     /// Batches not yet resolved.
@@ -384,7 +494,8 @@ impl ShardEngine {
                 self.metrics.inflight_delta(1);
                 self.metrics.pending.add(i64::from(records));
                 self.batches.insert(id, inflight);
-                self.queue.push_back(id);
+                Self::push_with_room(&mut self.fresh, &self.batches, id, false);
+                self.push_delivery_deadline(now, id);
             }
             Err(error) => {
                 // The accumulator keeps batches under the limit; a Manager that lowered it
@@ -415,6 +526,7 @@ impl ShardEngine {
             out: self.write_buffers.take(),
             read_buf,
             sent,
+            live_from: 0,
             heartbeats,
             last_write: now,
         });
@@ -443,7 +555,7 @@ impl ShardEngine {
         let lost = self.conns.remove(index);
         let cause = Error::ConnectionLost { endpoint: lost.endpoint, reason: reason.into() };
         let window = self.config.send_timeout.saturating_mul(1 + self.config.max_retries);
-        // Oldest first, so the retries keep their order at the front of the queue.
+        // Oldest first, so the retries keep their order at the front of the send queues.
         let mut retry = Vec::new();
         for &(id, attempt) in &lost.sent {
             if let Some(batch) = self.batches.get_mut(&id) {
@@ -536,6 +648,7 @@ impl ShardEngine {
         }
         if let Some(c) = self.conns.iter_mut().find(|c| c.id == conn) {
             c.read_buf = partial;
+            Self::skip_ended_sends(&self.batches, c);
         }
         self.close_drained(conn);
     }
@@ -558,13 +671,22 @@ impl ShardEngine {
                     .and_then(|mid| mid.strip_prefix(self.config.mid_prefix.as_str()))
                     .and_then(|id| id.parse::<u64>().ok());
                 if let Some(id) = id {
-                    if let Some(pos) = conn.sent.iter().position(|&(sent, _)| sent == id) {
+                    // Most likely among the live sends; a late reply is among the ended ones.
+                    let live_from = conn.live_from;
+                    let is = |&(sent, _): &(u64, u32)| sent == id;
+                    if let Some(pos) = conn.sent.range(live_from..).position(is) {
+                        conn.sent.remove(live_from + pos);
+                    } else if let Some(pos) = conn.sent.range(..live_from).position(is) {
                         conn.sent.remove(pos);
+                        conn.live_from -= 1;
                     }
                 }
                 id
             }
-            None => conn.sent.pop_front().map(|(id, _)| id),
+            None => {
+                conn.live_from = conn.live_from.saturating_sub(1);
+                conn.sent.pop_front().map(|(id, _)| id)
+            }
         };
         let Some(id) = id else {
             tracing::debug!(conn = conn_id, "reply matches no batch");
@@ -636,7 +758,7 @@ impl ShardEngine {
 
     fn live_sent(&self, conn: &Conn) -> usize {
         conn.sent
-            .iter()
+            .range(conn.live_from..)
             .filter(|(id, attempt)| {
                 self.batches.get(id).is_some_and(|b| {
                     b.attempts == *attempt
@@ -662,10 +784,20 @@ impl ShardEngine {
     }
 
     fn assign_queued(&mut self, now: Instant) {
-        while let Some(&id) = self.queue.front() {
-            let Some(batch) = self.batches.get(&id) else {
-                self.queue.pop_front();
-                continue;
+        loop {
+            // Retries first, then fresh batches.
+            let (queue, id) = match (self.retries.front(), self.fresh.front()) {
+                (Some(&id), _) => (&mut self.retries, id),
+                (None, Some(&id)) => (&mut self.fresh, id),
+                (None, None) => return,
+            };
+            let batch = match self.batches.get(&id) {
+                Some(batch) if matches!(batch.state, BatchState::Queued { .. }) => batch,
+                // Resolved, or timed out, while it waited.
+                _ => {
+                    queue.pop_front();
+                    continue;
+                }
             };
             let room = self.write_buffers.capacity();
             let frame_len = batch.frame.len();
@@ -678,7 +810,7 @@ impl ShardEngine {
                 .position(|c| usable(c) && Some(c.id) != batch.last_conn)
                 .or_else(|| self.conns.iter().position(usable));
             let Some(index) = choice else { return };
-            self.queue.pop_front();
+            queue.pop_front();
             let Some(batch) = self.batches.get_mut(&id) else { continue };
             let conn = &mut self.conns[index];
             batch.attempts += 1;
@@ -718,14 +850,21 @@ impl ShardEngine {
     }
 
     /// The next instant [`ShardEngine::handle_timeout`] must run at.
+    ///
+    /// Looks only at the ends of the timer structures (see the module docs). An end whose batch
+    /// moved on since can make it early; `handle_timeout` then drops that entry.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let mut next: Option<Instant> = None;
         let mut consider = |at: Instant| next = Some(next.map_or(at, |n| n.min(at)));
+        if let Some(&(at, _)) = self.deliver_by.front() {
+            consider(at);
+        }
         if let Some(Reverse((at, _, _))) = self.backoffs.peek() {
             consider(*at);
         }
-        if let Some(batch) = self.queue.front().and_then(|id| self.batches.get(id)) {
-            if let BatchState::Queued { since } = batch.state {
+        // The batches queued longest: the front of the fresh ones, the back of the retries.
+        for id in [self.fresh.front(), self.retries.back()].into_iter().flatten() {
+            if let Some(BatchState::Queued { since }) = self.batches.get(id).map(|b| b.state) {
                 consider(since + self.config.send_timeout);
             }
         }
@@ -742,7 +881,7 @@ impl ShardEngine {
     }
 
     fn oldest_sent_deadline(&self, conn: &Conn) -> Option<Instant> {
-        conn.sent.iter().find_map(|(id, attempt)| {
+        conn.sent.range(conn.live_from..).find_map(|(id, attempt)| {
             let batch = self.batches.get(id)?;
             match batch.state {
                 BatchState::Sent { conn: c, deadline }
@@ -755,25 +894,9 @@ impl ShardEngine {
         })
     }
 
-    /// Runs everything due at `now`: ack deadlines, backoffs, heartbeats.
+    /// Runs everything due at `now`: delivery deadlines, backoffs, waits for a connection, ack
+    /// deadlines, heartbeats.
     pub fn handle_timeout(&mut self, now: Instant) {
-        // Backoffs that are over go back to the front of the queue, oldest first.
-        let mut due = Vec::new();
-        while let Some(&Reverse((at, id, attempt))) = self.backoffs.peek() {
-            if at > now {
-                break;
-            }
-            self.backoffs.pop();
-            if let Some(batch) = self.batches.get_mut(&id) {
-                if batch.attempts == attempt && batch.state == BatchState::Backoff {
-                    batch.state = BatchState::Queued { since: now };
-                    due.push(id);
-                }
-            }
-        }
-        for id in due.into_iter().rev() {
-            self.queue.push_front(id);
-        }
         // A batch that found no connection for a whole send timeout counts as a failed attempt:
         // `NoEndpoints` when the shard has no usable connection, `AckTimeout` from the preferred
         // one when it has one whose write buffer stayed full (the node, or this shard, did not
@@ -785,26 +908,71 @@ impl ShardEngine {
             Some(endpoint) => Error::AckTimeout { endpoint, timeout: send_timeout },
             None => no_endpoints.clone(),
         };
-        while let Some(&id) = self.queue.front() {
-            let Some(batch) = self.batches.get(&id) else {
-                self.queue.pop_front();
+        // Delivery deadlines first: past its deadline a batch fails whatever it is doing, with
+        // the cause of what it was waiting for.
+        while let Some(&(at, id)) = self.deliver_by.front() {
+            let Some(batch) = self.batches.get_mut(&id) else {
+                self.deliver_by.pop_front();
                 continue;
             };
-            match batch.state {
-                BatchState::Queued { since } if since + self.config.send_timeout <= now => {
-                    self.queue.pop_front();
-                    if let Some(batch) = self.batches.get_mut(&id) {
-                        batch.attempts += 1;
-                    }
-                    self.retry_or_fail(now, id, queue_cause(), true);
-                }
-                _ => break,
+            if at > now {
+                break;
             }
+            self.deliver_by.pop_front();
+            let (state, attempts) = (batch.state, batch.attempts);
+            let last_error = batch.last_error.take();
+            let cause = match state {
+                BatchState::Queued { .. } => queue_cause(),
+                BatchState::Sent { conn, deadline } => {
+                    let endpoint = self.conns.iter().find(|c| c.id == conn).map(|c| c.endpoint);
+                    match endpoint {
+                        Some(endpoint) => {
+                            self.metrics.timeout.inc();
+                            self.probe(now, conn);
+                            let sent_at = deadline.checked_sub(send_timeout).unwrap_or(now);
+                            let waited = now.saturating_duration_since(sent_at);
+                            Error::AckTimeout { endpoint, timeout: waited }
+                        }
+                        None => last_error.unwrap_or_else(queue_cause),
+                    }
+                }
+                BatchState::Backoff => last_error.unwrap_or_else(queue_cause),
+            };
+            let error =
+                Error::SendTimeout { batch_id: id, attempts, last_error: Some(Box::new(cause)) };
+            tracing::debug!(batch = id, attempts, "delivery deadline passed");
+            self.resolve(now, id, Err(error));
+        }
+        // Backoffs that are over go back to the front of the send queues, oldest first.
+        let mut due = 0;
+        while let Some(&Reverse((at, id, attempt))) = self.backoffs.peek() {
+            if at > now {
+                break;
+            }
+            self.backoffs.pop();
+            if let Some(batch) = self.batches.get_mut(&id) {
+                if batch.attempts == attempt && batch.state == BatchState::Backoff {
+                    batch.state = BatchState::Queued { since: now };
+                    Self::push_with_room(&mut self.retries, &self.batches, id, true);
+                    due += 1;
+                }
+            }
+        }
+        // Pushed to the front one by one, they are newest first: put them oldest first.
+        for i in 0..due / 2 {
+            self.retries.swap(i, due - 1 - i);
+        }
+        // Waits for a connection that reached a whole send timeout, wherever they are queued.
+        while let Some(id) = self.pop_expired_queued(now) {
+            if let Some(batch) = self.batches.get_mut(&id) {
+                batch.attempts += 1;
+            }
+            self.retry_or_fail(now, id, queue_cause(), true);
         }
         // Ack deadlines: each connection's sends are in deadline order.
         let mut expired = Vec::new();
         for conn in &self.conns {
-            for &(id, attempt) in &conn.sent {
+            for &(id, attempt) in conn.sent.range(conn.live_from..) {
                 let Some(batch) = self.batches.get(&id) else { continue };
                 match batch.state {
                     BatchState::Sent { conn: c, deadline }
@@ -824,12 +992,7 @@ impl ShardEngine {
             let cause = Error::AckTimeout { endpoint, timeout: self.config.send_timeout };
             self.retry_or_fail(now, id, cause, true);
             // Is the connection itself dead? Probe it now instead of waiting for it to idle.
-            if let Some(c) = self.conns.iter_mut().find(|c| c.id == conn) {
-                if c.heartbeats.is_empty() {
-                    c.out.extend_from_slice(&HEARTBEAT_REQUEST);
-                    c.heartbeats.push_back(now + self.config.heartbeat_timeout);
-                }
-            }
+            self.probe(now, conn);
         }
         // Heartbeats: send on idle connections, close those whose reply is overdue.
         for conn in &mut self.conns {
@@ -855,6 +1018,63 @@ impl ShardEngine {
                 None => {}
             }
         }
+        for conn in &mut self.conns {
+            Self::skip_ended_sends(&self.batches, conn);
+        }
+    }
+
+    /// Moves `conn.live_from` past the sends at the front that are over.
+    fn skip_ended_sends(batches: &HashMap<u64, Box<Inflight>>, conn: &mut Conn) {
+        while let Some(&(id, attempt)) = conn.sent.get(conn.live_from) {
+            let live = batches.get(&id).is_some_and(|batch| {
+                batch.attempts == attempt
+                    && matches!(batch.state, BatchState::Sent { conn: c, .. } if c == conn.id)
+            });
+            if live {
+                break;
+            }
+            conn.live_from += 1;
+        }
+    }
+
+    /// Sends a heartbeat on `conn` unless one is already waiting for its reply: a batch timed
+    /// out there, is the connection itself dead?
+    fn probe(&mut self, now: Instant, conn: ConnId) {
+        if let Some(c) = self.conns.iter_mut().find(|c| c.id == conn) {
+            if c.heartbeats.is_empty() {
+                c.out.extend_from_slice(&HEARTBEAT_REQUEST);
+                c.heartbeats.push_back(now + self.config.heartbeat_timeout);
+            }
+        }
+    }
+
+    /// A queued batch that has waited a whole send timeout by `now`, taken out of its queue.
+    /// The longest waits are at the ends (`fresh` is oldest first, `retries` newest first), so
+    /// this looks at two ends only, dropping entries of batches that are no longer queued.
+    fn pop_expired_queued(&mut self, now: Instant) -> Option<u64> {
+        let send_timeout = self.config.send_timeout;
+        for from_retries in [true, false] {
+            loop {
+                let end = if from_retries { self.retries.back() } else { self.fresh.front() };
+                let Some(&id) = end else { break };
+                let state = self.batches.get(&id).map(|batch| batch.state);
+                let expired = match state {
+                    Some(BatchState::Queued { since }) if since + send_timeout > now => break,
+                    Some(BatchState::Queued { .. }) => true,
+                    // Resolved, or timed out, while it waited.
+                    _ => false,
+                };
+                if from_retries {
+                    self.retries.pop_back();
+                } else {
+                    self.fresh.pop_front();
+                }
+                if expired {
+                    return Some(id);
+                }
+            }
+        }
+        None
     }
 
     /// The next thing the shell must do, if any.
@@ -897,7 +1117,7 @@ impl ShardEngine {
             self.backoffs.push(Reverse((now + delay, id, attempts)));
         } else {
             batch.state = BatchState::Queued { since: now };
-            self.queue.push_front(id);
+            Self::push_with_room(&mut self.retries, &self.batches, id, true);
         }
         tracing::debug!(batch = id, attempts, with_backoff, "retrying batch");
     }
@@ -908,12 +1128,29 @@ impl ShardEngine {
         for id in ids {
             self.resolve(now, id, Err(error.clone()));
         }
-        self.queue.clear();
+        self.fresh.clear();
+        self.retries.clear();
+        self.deliver_by.clear();
         self.backoffs.clear();
     }
 
     fn resolve(&mut self, now: Instant, id: u64, outcome: Result<BatchOutcome, Error>) {
         if let Some(mut batch) = self.batches.remove(&id) {
+            // Resolved in order, the batches' delivery deadlines leave as they resolve. The
+            // timer ends `poll_timeout` reads must stay live: a batch resolved while queued
+            // (a late ack, its deadline) leaves its end of the send queues too.
+            while let Some(&(_, front)) = self.deliver_by.front() {
+                if self.batches.contains_key(&front) {
+                    break;
+                }
+                self.deliver_by.pop_front();
+            }
+            while self.fresh.front().is_some_and(|id| !Self::is_queued(&self.batches, *id)) {
+                self.fresh.pop_front();
+            }
+            while self.retries.back().is_some_and(|id| !Self::is_queued(&self.batches, *id)) {
+                self.retries.pop_back();
+            }
             self.pending_records -= u64::from(batch.records);
             self.metrics.inflight_delta(-1);
             self.metrics.pending.sub(i64::from(batch.records));

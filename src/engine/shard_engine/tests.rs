@@ -72,7 +72,7 @@ impl Harness {
     fn batch_of(&mut self, records: &[&[u8]], opened_at: Instant) -> Arc<BatchCompletion> {
         let mut body = BatchBody::new();
         for record in records {
-            assert!(self.budget.try_acquire(1));
+            assert!(self.budget.try_acquire(record.len()));
             body.push(record).unwrap();
         }
         let completion = BatchCompletion::new();
@@ -659,4 +659,357 @@ fn a_lost_connections_queues_go_to_the_next_connection() {
         }
     }
     assert!(batches.iter().all(|b| matches!(outcome(b), Some(Ok(_)))));
+}
+
+/// The documented bound, computed here from the options: `send_timeout × (2 + max_retries)`
+/// plus each backoff at its longest (see [`ShardEngine::delivery_timeout`]).
+fn delivery_bound(config: &EngineConfig) -> Duration {
+    let backoffs: Duration = (0..config.max_retries)
+        .map(|n| {
+            (config.retry_initial_interval * 2u32.pow(n) * 6 / 5).min(config.retry_max_interval)
+        })
+        .sum();
+    config.send_timeout * (2 + config.max_retries) + backoffs
+}
+
+#[test]
+fn the_delivery_timeout_is_the_documented_formula() {
+    let h = Harness::new(config());
+    // 30 s × 4 + 120 ms + 240 ms.
+    assert_eq!(h.engine.delivery_timeout(), Duration::from_millis(120_360));
+    assert_eq!(h.engine.delivery_timeout(), delivery_bound(&h.engine.config));
+    // Backoffs past the cap count at the cap; no retry, no backoff.
+    let capped =
+        EngineConfig { max_retries: 3, retry_initial_interval: Duration::from_secs(5), ..config() };
+    assert_eq!(Harness::new(capped).engine.delivery_timeout(), Duration::from_secs(150 + 6 + 20));
+    let single = EngineConfig { max_retries: 0, ..config() };
+    assert_eq!(Harness::new(single).engine.delivery_timeout(), SEND_TIMEOUT * 2);
+}
+
+/// How a simulated node treats the connections made to it: each connection's socket takes
+/// `room` bytes of writes (the socket buffers between the shard and a node that never reads;
+/// `usize::MAX` for a silent node, which reads everything) and after that a write never
+/// completes. It never answers anything, heartbeats included; a connection the engine closes is
+/// replaced by a new one `reconnect` later.
+struct UnansweringNode {
+    room: usize,
+    reconnect: Duration,
+    /// The open connection and the bytes its socket has taken.
+    open: Option<(ConnId, usize)>,
+    connect_at: Option<Instant>,
+    connections: ConnId,
+}
+
+impl UnansweringNode {
+    fn new(room: usize) -> UnansweringNode {
+        UnansweringNode {
+            room,
+            reconnect: Duration::from_millis(100),
+            open: None,
+            connect_at: None,
+            connections: 0,
+        }
+    }
+}
+
+/// When each batch of a simulated run was enqueued and resolved.
+struct Resolutions {
+    enqueued: Vec<Instant>,
+    completions: Vec<Arc<BatchCompletion>>,
+    resolved: Vec<Option<Instant>>,
+}
+
+impl Resolutions {
+    /// The longest time from a batch's enqueue to its outcome (every batch must have one).
+    fn worst(&self) -> Duration {
+        let waits =
+            self.enqueued.iter().zip(&self.resolved).enumerate().map(|(i, (at, done))| {
+                done.unwrap_or_else(|| panic!("batch {i} unresolved")) - *at
+            });
+        waits.max().unwrap_or_default()
+    }
+}
+
+impl Harness {
+    /// A harness whose budget holds `records` records.
+    fn with_budget(config: EngineConfig, records: usize) -> Harness {
+        let mut h = Harness::new(config);
+        h.budget = Arc::new(PendingBudget::new(records, 1 << 34));
+        h.engine.budget = h.budget.clone();
+        h
+    }
+
+    /// Runs the shell's loop against `node` (or no node at all) until `until`: `batches`
+    /// batches of one incompressible 1 000-byte record enqueued `spacing` apart from now, time
+    /// moving from one due instant to the next.
+    fn run_backlog(
+        &mut self,
+        mut node: Option<UnansweringNode>,
+        batches: usize,
+        spacing: Duration,
+        until: Instant,
+    ) -> Resolutions {
+        let start = self.now;
+        let mut runs = Resolutions {
+            enqueued: Vec::with_capacity(batches),
+            completions: Vec::with_capacity(batches),
+            resolved: vec![None; batches],
+        };
+        let due = |i: usize| start + spacing * u32::try_from(i).unwrap();
+        let mut rng = 0x2545_f491_4f6c_dd1du64;
+        let mut record = vec![0u8; 1000];
+        let mut unresolved = Vec::with_capacity(batches);
+        if let Some(node) = &mut node {
+            node.connect_at = Some(start);
+        }
+        loop {
+            // Connect, enqueue what is due, run the timers, close what the engine gave up on.
+            if let Some(node) = &mut node {
+                if node.connect_at.is_some_and(|at| at <= self.now) {
+                    node.connect_at = None;
+                    node.connections += 1;
+                    node.open = Some((node.connections, 0));
+                    self.engine.add_conn(self.now, node.connections, ep(1));
+                }
+            }
+            while runs.enqueued.len() < batches && due(runs.enqueued.len()) <= self.now {
+                for byte in &mut record {
+                    rng ^= rng << 13;
+                    rng ^= rng >> 7;
+                    rng ^= rng << 17;
+                    *byte = (rng >> 24) as u8;
+                }
+                runs.enqueued.push(self.now);
+                let done = self.batch_of(&[&record], self.now);
+                unresolved.push(runs.completions.len());
+                runs.completions.push(done);
+            }
+            if self.engine.poll_timeout().is_some_and(|at| at <= self.now) {
+                self.engine.handle_timeout(self.now);
+            }
+            while let Some(EngineEvent::CloseConn { conn, .. }) = self.engine.poll_event() {
+                self.engine.conn_lost(self.now, conn, "closed");
+                if let Some(node) = &mut node {
+                    if node.open.is_some_and(|(open, _)| open == conn) {
+                        node.open = None;
+                        node.connect_at = Some(self.now + node.reconnect);
+                    }
+                }
+            }
+            // Writes complete while the socket has room; then one is stuck for good.
+            while let Some(transmit) = self.engine.poll_transmit(self.now) {
+                let node = node.as_mut().expect("writes only with a connection");
+                let (open, taken) = node.open.as_mut().expect("an open connection");
+                assert_eq!(transmit.conn, *open);
+                if transmit.bytes.len() <= node.room - *taken {
+                    *taken += transmit.bytes.len();
+                    self.engine.write_done(self.now, transmit.conn, transmit.bytes);
+                } else {
+                    *taken = node.room;
+                }
+            }
+            // Look for outcomes only when some batch was resolved.
+            if self.engine.inflight() < unresolved.len() {
+                unresolved.retain(|&i| {
+                    let done = runs.completions[i].is_resolved();
+                    if done {
+                        runs.resolved[i] = Some(self.now);
+                    }
+                    !done
+                });
+            }
+            let next = [
+                self.engine.poll_timeout(),
+                (runs.enqueued.len() < batches).then(|| due(runs.enqueued.len())),
+                node.as_ref().and_then(|n| n.connect_at),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
+            match next {
+                Some(at) if at <= until => self.now = self.now.max(at),
+                _ => break,
+            }
+        }
+        self.now = until;
+        runs
+    }
+}
+
+/// Default timeouts, uncompressed frames, write buffers of 8 KiB; 2 000 batches of 1 KB
+/// enqueued over two seconds against `node`. Returns the worst wait, checked against the bound,
+/// and the causes of the failures.
+fn backlog_against(node: Option<UnansweringNode>) -> (Duration, Vec<Error>) {
+    let config = EngineConfig { compression: false, write_buffer_size: 8 << 10, ..config() };
+    let bound = delivery_bound(&config);
+    let mut h = Harness::with_budget(config, 10_000);
+    let until = h.now + bound * 3;
+    let runs = h.run_backlog(node, 2000, Duration::from_millis(1), until);
+    let worst = runs.worst();
+    eprintln!("worst outcome {worst:?} after enqueue, bound {bound:?}");
+    assert!(worst <= bound, "a batch was resolved {worst:?} after its enqueue, past {bound:?}");
+    assert_eq!((h.engine.inflight(), h.budget.pending_records()), (0, 0));
+    let causes = runs
+        .completions
+        .iter()
+        .map(|done| match outcome(done).unwrap().unwrap_err() {
+            Error::SendTimeout { last_error: Some(cause), .. } => *cause,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    (worst, causes)
+}
+
+#[test]
+fn every_batch_of_a_backlog_on_a_node_that_never_reads_is_resolved_by_its_deadline() {
+    // The node's socket takes 64 KiB per connection, then every write stalls: most of the
+    // backlog waits in the queue, behind retries, for connections that come and go.
+    let (_, causes) = backlog_against(Some(UnansweringNode::new(64 << 10)));
+    for cause in causes {
+        assert!(
+            matches!(cause, Error::AckTimeout { endpoint, .. } if endpoint == ep(1))
+                || cause == Error::NoEndpoints,
+            "{cause:?}"
+        );
+    }
+}
+
+#[test]
+fn every_batch_of_a_backlog_on_a_silent_node_or_none_is_resolved_by_its_deadline() {
+    let (_, causes) = backlog_against(Some(UnansweringNode::new(usize::MAX)));
+    assert!(causes.iter().any(|cause| matches!(cause, Error::AckTimeout { .. })));
+    let (_, causes) = backlog_against(None);
+    assert!(causes.iter().all(|cause| *cause == Error::NoEndpoints));
+}
+
+#[test]
+fn a_queued_batch_times_out_behind_newer_retries() {
+    // No retry: a wait of a whole send timeout in the queue fails the batch.
+    let mut h = Harness::new(EngineConfig { max_retries: 0, ..config() });
+    let start = h.now;
+    h.engine.add_conn(h.now, 1, ep(1));
+    let retried = h.batch(1);
+    h.transmit();
+    // Queued behind nothing yet; nothing is written from here on.
+    let waiting = h.batch(1);
+    // Ten seconds later the first batch's connection is lost: its retry goes to the front of
+    // the queue, ahead of the batch that has waited since the start.
+    h.advance(Duration::from_secs(10));
+    h.engine.conn_lost(h.now, 1, "reset");
+    assert_eq!(h.engine.poll_timeout(), Some(start + SEND_TIMEOUT), "the longest wait is due");
+    h.run_until(start + SEND_TIMEOUT);
+    let err = outcome(&waiting).expect("failed after a whole send timeout").unwrap_err();
+    assert!(
+        matches!(&err, Error::SendTimeout { attempts: 1, last_error: Some(cause), .. }
+            if **cause == Error::NoEndpoints),
+        "{err:?}"
+    );
+    assert!(outcome(&retried).is_none(), "the retry has waited only 20 s");
+    h.run_until(start + Duration::from_secs(10) + SEND_TIMEOUT);
+    assert!(matches!(outcome(&retried), Some(Err(Error::SendTimeout { .. }))));
+}
+
+/// Sends a batch on connection 1, loses that connection 29 s later (inside the batch's window:
+/// no attempt used up), resends it on connection 2, and so on: the third loss comes 87 s in and
+/// the fourth send, on connection 4, at `last_sent_at`.
+fn sent_after_three_free_losses(h: &mut Harness, last_sent_at: Instant) -> Arc<BatchCompletion> {
+    let start = h.now;
+    h.engine.add_conn(h.now, 1, ep(1));
+    let done = h.batch(1);
+    h.transmit();
+    for conn in 1..=3 {
+        h.run_until(start + Duration::from_secs(29 * conn));
+        h.engine.conn_lost(h.now, conn, "reset");
+        if conn == 3 {
+            h.run_until(last_sent_at);
+        }
+        h.engine.add_conn(h.now, conn + 1, ep(u16::try_from(conn + 1).unwrap()));
+        assert_eq!(h.transmit().len(), 1, "sent on connection {}", conn + 1);
+    }
+    assert!(outcome(&done).is_none());
+    done
+}
+
+#[test]
+fn a_batch_in_backoff_at_its_deadline_fails_then_with_its_last_cause() {
+    let mut h = Harness::new(config());
+    let deadline = h.now + delivery_bound(&h.engine.config);
+    // Sent a fourth time 89.9 s in; code 114 comes back just before its ack deadline, and the
+    // backoff (800 ms ± 20 %, the fourth send's) runs past the delivery deadline.
+    let last_sent_at = h.now + Duration::from_millis(89_900);
+    let done = sent_after_three_free_losses(&mut h, last_sent_at);
+    h.run_until(h.now + Duration::from_millis(29_900));
+    let frame = h.engine.batches.values().next().unwrap().frame.clone();
+    h.engine.on_bytes(h.now, 4, &reply(&frame, Some(114), true));
+    assert!(matches!(h.engine.batches.values().next().unwrap().state, BatchState::Backoff));
+    let backoff_end = h.engine.backoffs.peek().map(|Reverse((at, _, _))| *at).unwrap();
+    assert!(backoff_end > deadline, "the backoff ends after the deadline");
+    h.run_until(deadline - Duration::from_millis(1));
+    assert!(outcome(&done).is_none());
+    h.run_until(deadline);
+    let err = outcome(&done).expect("failed at its deadline").unwrap_err();
+    assert!(
+        matches!(&err, Error::SendTimeout { attempts: 4, last_error: Some(cause), .. }
+            if cause.server_code() == Some(114)),
+        "{err:?}"
+    );
+    // Nothing of it is left to run: its backoff comes up and is dropped.
+    h.run_until(backoff_end + SEND_TIMEOUT);
+    assert!(h.transmit().iter().all(|(_, frames)| frames == &[HEARTBEAT_REQUEST.to_vec()]));
+    assert_eq!((h.engine.inflight(), h.budget.pending_records()), (0, 0));
+}
+
+#[test]
+fn a_sent_batch_fails_at_its_deadline_and_its_late_reply_is_ignored() {
+    let mut h = Harness::new(config());
+    let deadline = h.now + delivery_bound(&h.engine.config);
+    // Sent a fourth time 95 s in: its ack deadline (125 s) is past the delivery deadline.
+    let sent_at = h.now + Duration::from_secs(95);
+    let done = sent_after_three_free_losses(&mut h, sent_at);
+    let frame = h.engine.batches.values().next().unwrap().frame.clone();
+    h.run_until(deadline);
+    let err = outcome(&done).expect("failed at its deadline").unwrap_err();
+    let waited = deadline - sent_at;
+    assert!(
+        matches!(&err, Error::SendTimeout { attempts: 4, last_error: Some(cause), .. }
+            if **cause == Error::AckTimeout { endpoint: ep(4), timeout: waited }),
+        "{err:?}"
+    );
+    // The connection is probed, as after any ack timeout.
+    let probes = h.transmit();
+    assert_eq!(probes, vec![(4, vec![HEARTBEAT_REQUEST.to_vec()])]);
+    // The late ack finds nothing to resolve, and takes the batch's place on the connection.
+    h.engine.on_bytes(h.now, 4, &reply(&frame, None, true));
+    assert!(matches!(outcome(&done), Some(Err(Error::SendTimeout { .. }))));
+    assert!(h.engine.conns[0].sent.is_empty());
+    assert_eq!((h.engine.inflight(), h.budget.pending_records()), (0, 0));
+    assert!(h.engine.deliver_by.is_empty() && h.engine.backoffs.is_empty());
+    h.engine.on_bytes(h.now, 4, &crate::protocol::HEARTBEAT_REPLY);
+    assert_eq!(h.engine.poll_timeout(), Some(h.now + Duration::from_secs(60)), "idle");
+}
+
+#[test]
+fn delivery_deadlines_of_resolved_batches_leave_without_growing_their_queue() {
+    let mut h = Harness::new(config());
+    let capacity = h.engine.deliver_by.capacity();
+    assert_eq!(capacity, 16 * QUEUE_SLACK);
+    h.engine.add_conn(h.now, 1, ep(1));
+    // The first batch is never answered: its deadline stays at the front while 1 000 batches
+    // behind it are acked, 50 times the queue's room.
+    let stuck = h.batch(1);
+    h.transmit();
+    for _ in 0..1000 {
+        let done = h.batch(1);
+        for (_, frames) in h.transmit() {
+            for frame in frames {
+                h.engine.on_bytes(h.now, 1, &reply(&frame, None, true));
+            }
+        }
+        assert!(matches!(outcome(&done), Some(Ok(_))));
+        h.now += Duration::from_millis(1);
+    }
+    assert_eq!(h.engine.deliver_by.capacity(), capacity, "compacted, not grown");
+    assert!(h.engine.deliver_by.len() <= capacity);
+    assert_eq!(h.engine.deliver_by.front().map(|&(_, id)| id), Some(1));
+    assert!(outcome(&stuck).is_none());
 }
