@@ -933,10 +933,10 @@ impl ShardEngine {
                             let waited = now.saturating_duration_since(sent_at);
                             Error::AckTimeout { endpoint, timeout: waited }
                         }
-                        None => last_error.unwrap_or_else(queue_cause),
+                        None => last_error.unwrap_or_else(&queue_cause),
                     }
                 }
-                BatchState::Backoff => last_error.unwrap_or_else(queue_cause),
+                BatchState::Backoff => last_error.unwrap_or_else(&queue_cause),
             };
             let error =
                 Error::SendTimeout { batch_id: id, attempts, last_error: Some(Box::new(cause)) };
