@@ -2,30 +2,21 @@
 //! callbacks that flush, close or drop the producer, futures dropped unpolled in blocking mode,
 //! and records that could never be delivered. On both I/O drivers; every wait is bounded.
 
+mod common;
+use common::transports;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use inlong_dataproxy::server::{LocalCluster, NodeConfig};
+use inlong_dataproxy::server::LocalCluster;
 use inlong_dataproxy::{
     DeliveryReport, Error, MetricsRegistry, Producer, ProducerBuilder, Record, Transport,
 };
 
-fn transports() -> Vec<Transport> {
-    if std::env::var_os("INLONG_SKIP_IO_URING").is_some() {
-        vec![Transport::Epoll]
-    } else {
-        vec![Transport::IoUring, Transport::Epoll]
-    }
-}
-
 fn cluster() -> LocalCluster {
-    LocalCluster::builder()
-        .nodes(1)
-        .node_config(NodeConfig { ledger: true, ..NodeConfig::default() })
-        .start()
-        .expect("local cluster")
+    common::cluster(1)
 }
 
 fn builder(cluster: &LocalCluster, transport: Transport) -> ProducerBuilder {

@@ -5,29 +5,16 @@
 //! io_uring is required on this machine; set `INLONG_SKIP_IO_URING=1` to run the epoll half only
 //! where io_uring is blocked (e.g. Docker's default seccomp).
 
+mod common;
+use common::{cluster, transports};
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use inlong_dataproxy::server::{ErrorInjection, LocalCluster, NodeConfig};
+use inlong_dataproxy::server::{ErrorInjection, LocalCluster};
 use inlong_dataproxy::{Error, Producer, ProducerBuilder, Record, Transport};
-
-fn transports() -> Vec<Transport> {
-    if std::env::var_os("INLONG_SKIP_IO_URING").is_some() {
-        vec![Transport::Epoll]
-    } else {
-        vec![Transport::IoUring, Transport::Epoll]
-    }
-}
-
-fn cluster(nodes: usize) -> LocalCluster {
-    LocalCluster::builder()
-        .nodes(nodes)
-        .node_config(NodeConfig { ledger: true, ..NodeConfig::default() })
-        .start()
-        .expect("local cluster")
-}
 
 fn builder(cluster: &LocalCluster, transport: Transport) -> ProducerBuilder {
     Producer::builder()
