@@ -46,6 +46,12 @@ const RECONNECT_PAUSE: Duration = Duration::from_millis(100);
 const RECONNECT_PAUSE_MAX: Duration = Duration::from_secs(5);
 /// Failures further apart than this do not add up.
 const STREAK_WINDOW: Duration = Duration::from_secs(30);
+/// A connection that served a slot this long before it broke ends the failure streak: the
+/// node was working, so the next connects start again from [`RECONNECT_PAUSE`]. (Nodes that
+/// accept connections and close them at once keep their streak and stay paced.) Without this,
+/// frequent short outages grew the streak to the longest pause for good: after a 2 s outage of
+/// both nodes a shard then waited 5 s per connect, and batches used up their attempts.
+const HEALTHY_AFTER: Duration = Duration::from_secs(1);
 /// Connects a shard runs at once while it has no usable connection and a connect has failed:
 /// enough to get through a list of 10 000 refusing nodes in well under a second on loopback,
 /// and through nodes that never answer in `conn_timeout` per 8 of them, while a shard never has
@@ -146,6 +152,8 @@ pub struct EndpointPlan {
     /// Failures in a row (each within [`STREAK_WINDOW`] of the previous), and the last one:
     /// they pace the connects to nodes that failed before.
     streak: (u32, Option<Instant>),
+    /// When each connection serving a slot started serving it (see [`HEALTHY_AFTER`]).
+    up_since: Vec<(AttemptId, Instant)>,
     /// A connect failed or a connection broke since a slot was last served: connects fan out.
     failed_since_up: bool,
     /// The last connect failure of the nodes that failed most recently, newest first (at most
@@ -174,6 +182,7 @@ impl EndpointPlan {
             in_flight: Vec::with_capacity(CONNECT_FAN_OUT + 2),
             next_attempt: 1,
             streak: (0, None),
+            up_since: Vec::with_capacity(4),
             failed_since_up: false,
             recent_failures: VecDeque::with_capacity(ConnectFailures::KEPT + 1),
             failing: 0,
@@ -387,6 +396,20 @@ impl EndpointPlan {
         next
     }
 
+    /// [`EndpointPlan::connect_succeeded`] at `now`: a connection that then serves a slot for
+    /// [`HEALTHY_AFTER`] before it breaks ends the failure streak.
+    pub fn connect_succeeded_at(&mut self, id: AttemptId, now: Instant) -> Placement {
+        let placement = self.connect_succeeded(id);
+        if matches!(placement, Placement::Serve { .. }) {
+            let slots = &self.slots;
+            self.up_since.retain(|(conn, _)| {
+                slots.iter().any(|s| matches!(s.state, SlotState::Up { conn: c, .. } if c == *conn))
+            });
+            self.up_since.push((id, now));
+        }
+        placement
+    }
+
     /// Attempt `id` connected: where the new connection goes.
     pub fn connect_succeeded(&mut self, id: AttemptId) -> Placement {
         let Some(attempt) = self.take_attempt(id) else { return Placement::Close };
@@ -452,6 +475,12 @@ impl EndpointPlan {
     /// only one) and the slot looks for another. Returns whether it served a slot.
     pub fn lost(&mut self, conn: AttemptId, now: Instant) -> bool {
         let Some(k) = self.slot_of(conn) else { return false };
+        if let Some(at) = self.up_since.iter().position(|(c, _)| *c == conn) {
+            let (_, since) = self.up_since.swap_remove(at);
+            if now.saturating_duration_since(since) >= HEALTHY_AFTER {
+                self.streak = (0, None);
+            }
+        }
         if let SlotState::Up { endpoint, .. } = self.slots[k].state {
             if self.listed.contains(&endpoint) {
                 self.quarantine(endpoint, now);
@@ -881,6 +910,44 @@ mod tests {
         }
         assert!(connects <= 12, "{connects} connects in 3 s");
         assert!(connects >= 4, "{connects} connects in 3 s: the nodes are still tried");
+    }
+
+    #[test]
+    fn a_connection_that_worked_ends_the_failure_streak() {
+        let t0 = Instant::now();
+        let (a, b) = (node(0), node(1));
+        let mut plan = EndpointPlan::new(0, vec![a, b]);
+        let mut now = t0;
+        // Many short outages in a row: the streak, and so the pause, grows.
+        for _ in 0..8 {
+            for attempt in plan.due_connects(now) {
+                plan.connect_failed(attempt.id, now, refused());
+            }
+            now = plan.next_deadline(now).expect("a paced retry");
+        }
+        let grown = plan.pause_ends().unwrap() - plan.streak.1.unwrap();
+        assert_eq!(grown, RECONNECT_PAUSE_MAX);
+        // A node is back and its connection works for a while, then breaks: the next
+        // connects start from the shortest pause again.
+        let attempt = plan.due_connects(now)[0];
+        assert!(matches!(plan.connect_succeeded_at(attempt.id, now), Placement::Serve { .. }));
+        now += HEALTHY_AFTER;
+        assert!(plan.lost(attempt.id, now));
+        let pause = plan.pause_ends().unwrap() - now;
+        assert_eq!(pause, RECONNECT_PAUSE, "the streak starts again");
+        // A connection that breaks at once does not end it.
+        let mut plan = EndpointPlan::new(0, vec![a, b]);
+        let mut now = t0;
+        for _ in 0..8 {
+            for attempt in plan.due_connects(now) {
+                plan.connect_failed(attempt.id, now, refused());
+            }
+            now = plan.next_deadline(now).expect("a paced retry");
+        }
+        let attempt = plan.due_connects(now)[0];
+        assert!(matches!(plan.connect_succeeded_at(attempt.id, now), Placement::Serve { .. }));
+        assert!(plan.lost(attempt.id, now + Duration::from_millis(10)));
+        assert_eq!(plan.pause_ends().unwrap() - plan.streak.1.unwrap(), RECONNECT_PAUSE_MAX);
     }
 
     #[test]

@@ -294,7 +294,7 @@ impl Shell {
         let connected = std::mem::take(&mut *self.connected.borrow_mut());
         for (id, endpoint, result) in connected {
             match result {
-                Ok(tasks) => match self.plan.connect_succeeded(id) {
+                Ok(tasks) => match self.plan.connect_succeeded_at(id, now) {
                     Placement::Serve { slot, replaces } => {
                         tracing::debug!(shard = self.settings.index, conn = id, %endpoint, slot, "connected");
                         self.engine.borrow_mut().add_conn(now, id, endpoint);
