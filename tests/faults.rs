@@ -510,6 +510,43 @@ fn all_nodes_down_then_back_records_wait_and_are_delivered() {
     }
 }
 
+// (3b)
+#[test]
+fn repeated_short_outages_of_every_node_do_not_slow_reconnects_for_good() {
+    let _run = shared_run();
+    for transport in transports() {
+        let cluster = cluster(2);
+        // A delivery bound of ~6 s: a shard that waited 5 s per connect after an outage (its
+        // failure streak grown by the outages before, although each connection then worked)
+        // fails batches.
+        let producer = builder(&cluster, transport)
+            .send_timeout(Duration::from_secs(2))
+            .max_retries(1)
+            .build()
+            .unwrap();
+        let load = Load::start(producer, records(), Duration::from_secs(12));
+        let outage = |length: Duration| {
+            for node in cluster.nodes() {
+                node.stop();
+            }
+            std::thread::sleep(length);
+            for node in cluster.nodes() {
+                node.restart().unwrap();
+            }
+        };
+        for _ in 0..5 {
+            // Long enough for the connections to prove themselves.
+            std::thread::sleep(Duration::from_millis(1500));
+            outage(Duration::from_millis(300));
+        }
+        std::thread::sleep(Duration::from_millis(1500));
+        outage(Duration::from_secs(1));
+        let run = load.finish(Close::Blocking(Duration::from_secs(20)));
+        let summary = assert_contract(&cluster, &run, "repeated outages of all nodes");
+        assert_eq!(summary.failed, 0, "{:?}", summary.kinds);
+    }
+}
+
 // (4)
 #[test]
 fn acks_slower_than_send_timeout_fail_with_ack_timeout_or_land_on_a_retry() {
