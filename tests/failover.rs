@@ -3,24 +3,18 @@
 //! Manager's odd answers. The delivery contract holds throughout: every record is resolved once,
 //! none is lost, and every acked record is in a node's ledger.
 
+mod common;
+use common::cluster;
+
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use inlong_dataproxy::server::{
-    DataProxyNode, LocalCluster, ManagerAuth, ManagerConfig, ManagerFault, NodeConfig,
+    DataProxyNode, LocalCluster, ManagerAuth, ManagerConfig, ManagerFault,
 };
 use inlong_dataproxy::{Error, Producer, ProducerBuilder, Record, Transport};
-
-fn cluster(nodes: usize) -> LocalCluster {
-    LocalCluster::builder()
-        .nodes(nodes)
-        .threads(2)
-        .node_config(NodeConfig { ledger: true, ..NodeConfig::default() })
-        .start()
-        .expect("local cluster")
-}
 
 fn builder(cluster: &LocalCluster) -> ProducerBuilder {
     Producer::builder()

@@ -912,13 +912,11 @@ mod tests {
         assert!(connects >= 4, "{connects} connects in 3 s: the nodes are still tried");
     }
 
-    #[test]
-    fn a_connection_that_worked_ends_the_failure_streak() {
-        let t0 = Instant::now();
-        let (a, b) = (node(0), node(1));
-        let mut plan = EndpointPlan::new(0, vec![a, b]);
+    /// A plan over two nodes after many short outages in a row: its failure streak, and so
+    /// its pause, has grown to the longest. Returns it and the time of its next connect.
+    fn plan_after_many_outages(t0: Instant) -> (EndpointPlan, Instant) {
+        let mut plan = EndpointPlan::new(0, vec![node(0), node(1)]);
         let mut now = t0;
-        // Many short outages in a row: the streak, and so the pause, grows.
         for _ in 0..8 {
             for attempt in plan.due_connects(now) {
                 plan.connect_failed(attempt.id, now, refused());
@@ -927,8 +925,15 @@ mod tests {
         }
         let grown = plan.pause_ends().unwrap() - plan.streak.1.unwrap();
         assert_eq!(grown, RECONNECT_PAUSE_MAX);
+        (plan, now)
+    }
+
+    #[test]
+    fn a_connection_that_worked_ends_the_failure_streak() {
+        let t0 = Instant::now();
         // A node is back and its connection works for a while, then breaks: the next
         // connects start from the shortest pause again.
+        let (mut plan, mut now) = plan_after_many_outages(t0);
         let attempt = plan.due_connects(now)[0];
         assert!(matches!(plan.connect_succeeded_at(attempt.id, now), Placement::Serve { .. }));
         now += HEALTHY_AFTER;
@@ -936,14 +941,7 @@ mod tests {
         let pause = plan.pause_ends().unwrap() - now;
         assert_eq!(pause, RECONNECT_PAUSE, "the streak starts again");
         // A connection that breaks at once does not end it.
-        let mut plan = EndpointPlan::new(0, vec![a, b]);
-        let mut now = t0;
-        for _ in 0..8 {
-            for attempt in plan.due_connects(now) {
-                plan.connect_failed(attempt.id, now, refused());
-            }
-            now = plan.next_deadline(now).expect("a paced retry");
-        }
+        let (mut plan, now) = plan_after_many_outages(t0);
         let attempt = plan.due_connects(now)[0];
         assert!(matches!(plan.connect_succeeded_at(attempt.id, now), Placement::Serve { .. }));
         assert!(plan.lost(attempt.id, now + Duration::from_millis(10)));

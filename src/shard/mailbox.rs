@@ -24,6 +24,15 @@ use crate::error::Error;
 use crate::metrics::{ProducerMetrics, ShardMetrics};
 use crate::record::Record;
 
+/// A record refused after it was handed over: counted as refused, and its callback called with
+/// the error (a panic in it contained and counted).
+pub(crate) fn refuse(callback: Callback, error: Error, metrics: &ProducerMetrics) {
+    metrics.record_refused(&error);
+    if run_callback(callback, Err(error)) {
+        metrics.callback_panicked();
+    }
+}
+
 /// A record waiting for room in the pending budget, with what to call with its result.
 pub(crate) struct Waiting {
     /// The record.
@@ -206,10 +215,7 @@ impl ShardShared {
         };
         // Outside the lock: a callback may send again.
         for (callback, error) in failed {
-            metrics.record_refused(&error);
-            if run_callback(callback, Err(error)) {
-                metrics.callback_panicked();
-            }
+            refuse(callback, error, metrics);
             budget.settle(1);
         }
         blocked
@@ -270,10 +276,7 @@ impl ShardShared {
         budget: &PendingBudget,
         metrics: &ProducerMetrics,
     ) {
-        metrics.record_refused(&error);
-        if run_callback(waiting.callback, Err(error)) {
-            metrics.callback_panicked();
-        }
+        refuse(waiting.callback, error, metrics);
         budget.sub_queued(1);
     }
 
