@@ -30,7 +30,7 @@ use inlong_dataproxy::protocol::{
     decode_reply, split_frame, AddColumns, BatchBody, BatchHeader, FrameEncoder, Reply,
     MAX_REPLY_FRAME_LEN,
 };
-use inlong_dataproxy::server::workload::{log_line, process_cpu_seconds, status_mb};
+use inlong_dataproxy_testkit::workload::{log_line, process_cpu_seconds, status_mb};
 
 /// Records per batch (the producer's default `batching_max_messages`).
 const BATCH: usize = 50;

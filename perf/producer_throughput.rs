@@ -13,9 +13,9 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use inlong_dataproxy::server::workload::{log_line, process_cpu_seconds, status_mb};
-use inlong_dataproxy::server::{IngestMode, LocalCluster, NodeConfig};
 use inlong_dataproxy::{Producer, Record, StreamId, Transport};
+use inlong_dataproxy_testkit::workload::{log_line, process_cpu_seconds, status_mb};
+use inlong_dataproxy_testkit::{IngestMode, LocalCluster, NodeConfig};
 
 struct Options {
     records: u64,

@@ -26,8 +26,8 @@ use inlong_dataproxy::protocol::{
     decode_reply, split_frame, AddColumns, BatchBody, BatchHeader, FrameEncoder, Reply,
     MAX_REPLY_FRAME_LEN,
 };
-use inlong_dataproxy::server::workload::{log_line, process_cpu_seconds};
-use inlong_dataproxy::server::{IngestMode, LocalCluster, NodeConfig};
+use inlong_dataproxy_testkit::workload::{log_line, process_cpu_seconds};
+use inlong_dataproxy_testkit::{IngestMode, LocalCluster, NodeConfig};
 
 struct Options {
     records: u64,

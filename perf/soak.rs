@@ -35,8 +35,8 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use inlong_dataproxy::server::workload::status_mb;
 use inlong_dataproxy::{Producer, Record, StreamId};
+use inlong_dataproxy_testkit::workload::status_mb;
 
 /// Heap bytes this process holds (allocated and not yet freed), kept by [`CountingAlloc`].
 static HEAP_BYTES: AtomicUsize = AtomicUsize::new(0);

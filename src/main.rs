@@ -2,7 +2,7 @@
 //!
 //! `bench` (the main job) measures the producer against the embedded local DataProxy + Manager or
 //! a real cluster; `send` sends lines from files or stdin; `serve` runs the local DataProxy nodes +
-//! Manager from [`inlong_dataproxy::server`]. Every failure is one line on stderr and a non-zero
+//! Manager from [`inlong_dataproxy_testkit`]. Every failure is one line on stderr and a non-zero
 //! exit status; nothing panics on bad input. SIGINT and SIGTERM end `send` and `bench` with their
 //! summary and status 130 or 143 (see `cli::interrupt`).
 

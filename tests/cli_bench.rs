@@ -8,7 +8,7 @@ use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use inlong_dataproxy::server::{Faults, LocalCluster, Topic};
+use inlong_dataproxy_testkit::{Faults, LocalCluster, Topic};
 
 const BIN: &str = env!("CARGO_BIN_EXE_inlong-dataproxy");
 /// Bound on any one command (debug build, shared CI cores).

@@ -3,7 +3,7 @@
 #![no_main]
 
 use inlong_dataproxy::protocol::split_frame;
-use inlong_dataproxy::server::codec::{decode_request, encode_reply, IngestMode, Request};
+use inlong_dataproxy_testkit::codec::{decode_request, encode_reply, IngestMode, Request};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -708,8 +708,8 @@ impl Report<'_> {
 mod close_backlog {
     use std::time::{Duration, Instant};
 
-    use inlong_dataproxy::server::workload::log_line;
     use inlong_dataproxy::{Producer, Record, StreamId, Transport};
+    use inlong_dataproxy_testkit::workload::log_line;
 
     pub fn run(mut args: impl Iterator<Item = String>) -> i32 {
         let (mut url, mut size, mut transport) = (String::new(), 100usize, Transport::Auto);

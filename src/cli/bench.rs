@@ -28,9 +28,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use inlong_dataproxy::server::workload::{log_line, process_cpu_seconds, status_mb};
-use inlong_dataproxy::server::{IngestMode, LocalCluster, NodeConfig};
 use inlong_dataproxy::{Error, MetricsRegistry, Producer, Record, StreamId, Transport};
+use inlong_dataproxy_testkit::workload::{log_line, process_cpu_seconds, status_mb};
+use inlong_dataproxy_testkit::{IngestMode, LocalCluster, NodeConfig};
 
 use super::interrupt::{CloseArgs, Interrupts};
 use super::{resolve_addr, serve_metrics, DeliveryRing, DeliveryTally, Target, TargetArgs};

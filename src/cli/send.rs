@@ -23,7 +23,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use inlong_dataproxy::error::Field;
 use inlong_dataproxy::{Error, Producer, Record, StreamId};
 
 use super::interrupt::{CloseArgs, Interrupts};
@@ -89,7 +88,8 @@ struct Counts {
 /// Sends every line; see the module docs.
 pub fn run(args: &SendArgs) -> Result<ExitCode, String> {
     let interrupts = Interrupts::install(args.close.close_timeout())?;
-    inlong_dataproxy::protocol::validate_id(Field::StreamId, &args.stream_id)
+    inlong_dataproxy::StreamId::from(&args.stream_id)
+        .validate()
         .map_err(|e| format!("bad --stream-id: {e}"))?;
     let Some(target) = args.target.target()? else {
         return Err("give --manager-url or --endpoints".to_owned());

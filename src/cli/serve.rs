@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use inlong_dataproxy::server::{
+use inlong_dataproxy_testkit::{
     DataProxyNode, ErrorInjection, IngestMode, LocalCluster, ManagerAuth, ManagerConfig,
     NodeConfig, NodeStats,
 };
@@ -279,7 +279,7 @@ fn spawn_control(
 }
 
 /// Every node's counters as Prometheus counters, labelled by node address.
-fn render_node_metrics(nodes: &[inlong_dataproxy::server::DataProxyNode]) -> String {
+fn render_node_metrics(nodes: &[inlong_dataproxy_testkit::DataProxyNode]) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
     type Series = (&'static str, &'static str, fn(&NodeStats) -> u64);

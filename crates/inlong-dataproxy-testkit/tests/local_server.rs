@@ -1,0 +1,585 @@
+//! The local DataProxy node over real loopback sockets: what a Go-SDK-like client sees, the
+//! node-side rows of the validation table (`PROTOCOL.md` §3.2 steps 9–13), connection-level
+//! failures, every fault and the accounting.
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use inlong_dataproxy::protocol::{
+    decode_reply, split_frame, AddColumns, BatchBody, BatchHeader, FrameEncoder, Reply,
+    HEARTBEAT_REPLY, HEARTBEAT_REQUEST, MAX_REPLY_FRAME_LEN,
+};
+use inlong_dataproxy_testkit::{
+    ErrorInjection, Faults, LocalCluster, NodeConfig, ReplyCorruption, Topic,
+};
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A blocking test client speaking the wire protocol by hand.
+struct Client {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+/// A decoded reply, owned.
+#[derive(Debug, PartialEq)]
+enum Answer {
+    Heartbeat,
+    Batch { code: i32, mid: Option<String>, err_msg: Option<String>, attrs: String },
+}
+
+impl Client {
+    fn connect(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect_timeout(&addr, TIMEOUT).expect("connect");
+        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+        stream.set_nodelay(true).unwrap();
+        Client { stream, buf: Vec::new() }
+    }
+
+    fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("write");
+    }
+
+    fn send_batch(&mut self, stream_id: &str, mid: &str, records: &[&[u8]]) {
+        let frame = batch_frame("test_group", stream_id, mid, records, &AddColumns::default());
+        self.send(&frame);
+    }
+
+    /// Reads the next reply, or panics after the read timeout.
+    fn answer(&mut self) -> Answer {
+        loop {
+            match split_frame(&self.buf, MAX_REPLY_FRAME_LEN).expect("reply frame") {
+                Some(len) => {
+                    let frame: Vec<u8> = self.buf.drain(..len).collect();
+                    return match decode_reply(&frame).expect("decodable reply") {
+                        Reply::Heartbeat => Answer::Heartbeat,
+                        Reply::Batch(reply) => Answer::Batch {
+                            code: reply.err_code,
+                            mid: reply.mid.map(|m| String::from_utf8(m.to_vec()).unwrap()),
+                            err_msg: reply.err_msg_lossy(),
+                            attrs: String::from_utf8(reply.attrs.to_vec()).unwrap(),
+                        },
+                    };
+                }
+                None => {
+                    let mut chunk = [0u8; 65536];
+                    let n = self.stream.read(&mut chunk).expect("read reply");
+                    assert!(n > 0, "connection closed while waiting for a reply");
+                    self.buf.extend_from_slice(&chunk[..n]);
+                }
+            }
+        }
+    }
+
+    fn code(&mut self) -> i32 {
+        match self.answer() {
+            Answer::Batch { code, .. } => code,
+            Answer::Heartbeat => panic!("heartbeat instead of a batch reply"),
+        }
+    }
+
+    /// Asserts that the server closes the connection (EOF or reset) without sending anything.
+    fn expect_closed_without_reply(&mut self) {
+        let mut chunk = [0u8; 1024];
+        match self.stream.read(&mut chunk) {
+            Ok(0) => {}
+            Ok(n) => panic!("expected a close, got {n} bytes: {:?}", &chunk[..n]),
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => {}
+            Err(e) => panic!("expected a close, got {e}"),
+        }
+    }
+}
+
+fn batch_frame(
+    group: &str,
+    stream: &str,
+    mid: &str,
+    records: &[&[u8]],
+    cols: &AddColumns,
+) -> Vec<u8> {
+    let mut body = BatchBody::new();
+    for record in records {
+        body.push(record).unwrap();
+    }
+    let header =
+        BatchHeader { group_id: group, stream_id: stream, dt_ms: 1_700_000_000_000, mid, wid: 0 };
+    let mut out = Vec::new();
+    FrameEncoder::new().encode(&header, &body, cols, usize::MAX, &mut out).unwrap();
+    out
+}
+
+/// A hand-written frame with any attribute string, like the Go SDK's encoder would write.
+fn raw_frame(attrs: &str, records: &[&[u8]]) -> Vec<u8> {
+    let mut body = Vec::new();
+    for record in records {
+        body.extend_from_slice(&(record.len() as u32).to_be_bytes());
+        body.extend_from_slice(record);
+    }
+    let mut frame = Vec::new();
+    frame.extend_from_slice(&((9 + body.len() + attrs.len()) as u32).to_be_bytes());
+    frame.push(5);
+    frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&body);
+    frame.extend_from_slice(&(attrs.len() as u32).to_be_bytes());
+    frame.extend_from_slice(attrs.as_bytes());
+    frame
+}
+
+fn cluster_with(config: NodeConfig) -> LocalCluster {
+    LocalCluster::builder().node_config(config).start().expect("start cluster")
+}
+
+fn ledger_config() -> NodeConfig {
+    NodeConfig { ledger: true, ..NodeConfig::default() }
+}
+
+/// Waits for `condition` with a deadline instead of sleeping.
+fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + TIMEOUT;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+#[test]
+fn go_sdk_like_session_gets_the_replies_go_accepts() {
+    let cluster = cluster_with(ledger_config());
+    let mut client = Client::connect(cluster.node(0).addr());
+    // The Go SDK: a heartbeat, then batches keyed by UUID mids, more heartbeats in between.
+    client.send(&HEARTBEAT_REQUEST);
+    let uuid_a = "8f14e45f-ceea-467f-a0e6-2f6b1e0a1c11";
+    let uuid_b = "c9f0f895-fb98-4b91-9c4b-1f5e0b6f2c22";
+    let attrs = |mid: &str, cnt: usize| {
+        format!("groupId=test_group&streamId=test_stream&dt=1700000000000&mid={mid}&sid={mid}&wid=3&cnt={cnt}")
+    };
+    client.send(&raw_frame(&attrs(uuid_a, 2), &[b"a|b|c", b"d|e|f"]));
+    client.send(&HEARTBEAT_REQUEST);
+    client.send(&raw_frame(&attrs(uuid_b, 1), &[b"g|h|i"]));
+
+    let mut raw = [0u8; 5];
+    client.stream.read_exact(&mut raw).unwrap();
+    assert_eq!(raw, HEARTBEAT_REPLY, "the heartbeat reply is exactly the 5 bytes Go recognises");
+    match client.answer() {
+        Answer::Batch { code: 0, mid: Some(mid), attrs, .. } => {
+            assert_eq!(mid, uuid_a);
+            assert!(attrs.starts_with("dpIp=127.0.0.1&rt="), "{attrs}");
+            assert!(attrs.contains("&wid=3&"), "Go routes replies by wid: {attrs}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(client.answer(), Answer::Heartbeat);
+    match client.answer() {
+        Answer::Batch { code: 0, mid: Some(mid), .. } => assert_eq!(mid, uuid_b),
+        other => panic!("{other:?}"),
+    }
+    let stats = cluster.stats();
+    assert_eq!((stats.batches, stats.records, stats.heartbeats, stats.errors), (2, 3, 2, 0));
+    let ledger = cluster.ledger();
+    assert_eq!(ledger["test_stream"], vec![&b"a|b|c"[..], b"d|e|f", b"g|h|i"]);
+}
+
+#[test]
+fn compressed_batches_are_decoded_and_counted() {
+    let cluster = cluster_with(ledger_config());
+    let mut client = Client::connect(cluster.node(0).addr());
+    let records: Vec<Vec<u8>> =
+        (0..50).map(|i| format!("record-{i:04}-{}\n", "x".repeat(90)).into_bytes()).collect();
+    let refs: Vec<&[u8]> = records.iter().map(Vec::as_slice).collect();
+    client.send_batch("s1", "1", &refs);
+    assert_eq!(client.code(), 0);
+    let stats = cluster.stats();
+    assert_eq!(stats.records, 50);
+    assert_eq!(stats.payload_bytes, records.iter().map(|r| r.len() as u64 - 1).sum::<u64>());
+    let ledger = cluster.ledger();
+    assert_eq!(ledger["s1"][7], records[7][..records[7].len() - 1]);
+    assert_eq!(cluster.stream_counts()["s1"], 50);
+}
+
+#[test]
+fn step_9_reject_mode_answers_2() {
+    let cluster = cluster_with(NodeConfig::default());
+    cluster.node(0).set_faults(Faults { reject: true, ..Faults::default() });
+    let mut client = Client::connect(cluster.node(0).addr());
+    client.send_batch("s", "m1", &[b"x"]);
+    match client.answer() {
+        Answer::Batch { code: 2, err_msg: None, attrs, .. } => {
+            // Not rewritten: no rt/rtms, the request attrs are echoed raw.
+            assert!(attrs.starts_with("dpIp=127.0.0.1&errCode=2&groupId="), "{attrs}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!((cluster.stats().batches, cluster.stats().errors), (0, 1));
+}
+
+#[test]
+fn step_10_mq_unready_answers_1() {
+    let cluster = cluster_with(NodeConfig::default());
+    cluster.node(0).update_faults(|f| f.mq_unready = true);
+    let mut client = Client::connect(cluster.node(0).addr());
+    client.send_batch("s", "m1", &[b"x"]);
+    assert_eq!(client.code(), 1);
+}
+
+#[test]
+fn step_11_blank_group_answers_100() {
+    let cluster = cluster_with(NodeConfig::default());
+    let mut client = Client::connect(cluster.node(0).addr());
+    client.send(&raw_frame("groupId=&streamId=s&mid=1", &[b"x"]));
+    assert_eq!(client.code(), 100);
+    client.send(&raw_frame("streamId=s&mid=2", &[b"x"]));
+    assert_eq!(client.code(), 100);
+}
+
+#[test]
+fn step_12_unknown_topic_answers_115_with_the_real_message() {
+    let cluster = cluster_with(NodeConfig::default());
+    cluster.node(0).update_faults(|f| {
+        f.topics =
+            Some(vec![Topic { group_id: "test_group".into(), stream_id: Some("known".into()) }]);
+    });
+    let mut client = Client::connect(cluster.node(0).addr());
+    client.send_batch("known", "1", &[b"x"]);
+    assert_eq!(client.code(), 0);
+    client.send_batch("test_stream", "2", &[b"x"]);
+    match client.answer() {
+        Answer::Batch { code: 115, err_msg, mid, .. } => {
+            assert_eq!(
+                err_msg.as_deref(),
+                Some("Topic not configured for groupId=(test_group), streamId=(test_stream)")
+            );
+            assert_eq!(mid.as_deref(), Some("2"));
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn step_13_channel_full_answers_114_with_rewritten_attrs() {
+    let cluster = cluster_with(NodeConfig::default());
+    cluster
+        .node(0)
+        .update_faults(|f| f.errors = Some(ErrorInjection::Next { code: 114, count: 2 }));
+    let mut client = Client::connect(cluster.node(0).addr());
+    for mid in ["1", "2", "3"] {
+        client.send_batch("s", mid, &[b"x"]);
+    }
+    for expected in [114, 114] {
+        match client.answer() {
+            Answer::Batch { code, err_msg, attrs, .. } => {
+                assert_eq!(code, expected);
+                assert!(err_msg.unwrap().starts_with("Put msg event to channel failure"));
+                assert!(attrs.contains("&rt="), "{attrs}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(client.code(), 0, "only the next 2 batches fail");
+    assert_eq!(cluster.node(0).faults().errors, None);
+}
+
+#[test]
+fn steps_1_to_8_are_answered_over_the_wire() {
+    let cluster = cluster_with(NodeConfig::default());
+    let mut client = Client::connect(cluster.node(0).addr());
+    client.send(&raw_frame("groupId=g&mid=1", &[]));
+    assert_eq!(client.code(), 105);
+    client.send(&raw_frame("groupId=g&&mid=2", &[b"x"]));
+    assert_eq!(client.code(), 109);
+    client.send(&raw_frame("groupId=g&cp=snappy&mid=3", &[b"not snappy"]));
+    assert_eq!(client.code(), 96);
+    client.send(&raw_frame("groupId=g&mid=4", &[b""]));
+    assert_eq!(client.code(), 123);
+    // The connection survives answered errors.
+    client.send_batch("s", "5", &[b"ok"]);
+    assert_eq!(client.code(), 0);
+    assert_eq!(cluster.stats().errors, 4);
+}
+
+#[test]
+fn oversized_frame_closes_without_reply() {
+    let config = NodeConfig { max_msg_length: 1024, ..NodeConfig::default() };
+    let cluster = cluster_with(config);
+    let mut client = Client::connect(cluster.node(0).addr());
+    // totalLen 1021 makes a 1025-byte frame: the length alone is enough to close (fail-fast).
+    client.send(&1021u32.to_be_bytes());
+    client.expect_closed_without_reply();
+    assert_eq!(cluster.stats().protocol_closes, 1);
+    // A frame of exactly the limit is accepted.
+    let mut client = Client::connect(cluster.node(0).addr());
+    let base = batch_frame("g", "s", "1", &[b"x"], &AddColumns::default()).len();
+    let record = vec![b'y'; 1024 - base + 1];
+    let mut encoder = FrameEncoder::new();
+    encoder.set_compression(false);
+    let mut body = BatchBody::new();
+    body.push(&record).unwrap();
+    let header =
+        BatchHeader { group_id: "g", stream_id: "s", dt_ms: 1_700_000_000_000, mid: "1", wid: 0 };
+    let mut frame = Vec::new();
+    encoder.encode(&header, &body, &AddColumns::default(), 1024, &mut frame).unwrap();
+    assert_eq!(frame.len(), 1024);
+    client.send(&frame);
+    assert_eq!(client.code(), 0);
+}
+
+#[test]
+fn unknown_message_type_closes_without_reply() {
+    let cluster = cluster_with(NodeConfig::default());
+    let mut client = Client::connect(cluster.node(0).addr());
+    client.send(&[0, 0, 0, 9, 0x0b, 0, 0, 0, 0, 0, 0, 0, 0]);
+    client.expect_closed_without_reply();
+}
+
+#[test]
+fn is_ack_false_gets_no_reply() {
+    let cluster = cluster_with(NodeConfig::default());
+    let mut client = Client::connect(cluster.node(0).addr());
+    client.send(&raw_frame("groupId=g&streamId=s&mid=1&isAck=false", &[b"x"]));
+    client.send(&HEARTBEAT_REQUEST);
+    assert_eq!(client.answer(), Answer::Heartbeat, "nothing came before the heartbeat reply");
+    assert_eq!(cluster.stats().records, 1, "the batch was still accepted");
+}
+
+#[test]
+fn ack_delay_delays_replies_in_order() {
+    let cluster = cluster_with(NodeConfig::default());
+    let delay = Duration::from_millis(150);
+    cluster.node(0).update_faults(|f| f.ack_delay = delay);
+    let mut client = Client::connect(cluster.node(0).addr());
+    let start = Instant::now();
+    client.send_batch("s", "1", &[b"x"]);
+    client.send_batch("s", "2", &[b"y"]);
+    for mid in ["1", "2"] {
+        match client.answer() {
+            Answer::Batch { code: 0, mid: Some(got), .. } => assert_eq!(got, mid),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(start.elapsed() >= delay, "replied after {:?}", start.elapsed());
+}
+
+#[test]
+fn error_fraction_one_fails_every_batch_and_zero_none() {
+    let cluster = cluster_with(NodeConfig::default());
+    let node = cluster.node(0);
+    node.update_faults(|f| f.errors = Some(ErrorInjection::Fraction { code: 1, fraction: 1.0 }));
+    let mut client = Client::connect(node.addr());
+    for i in 0..5 {
+        client.send_batch("s", &i.to_string(), &[b"x"]);
+        assert_eq!(client.code(), 1);
+    }
+    node.update_faults(|f| f.errors = Some(ErrorInjection::Fraction { code: 1, fraction: 0.0 }));
+    client.send_batch("s", "5", &[b"x"]);
+    assert_eq!(client.code(), 0);
+}
+
+#[test]
+fn error_fraction_half_fails_about_half() {
+    let cluster = cluster_with(NodeConfig::default());
+    cluster
+        .node(0)
+        .update_faults(|f| f.errors = Some(ErrorInjection::Fraction { code: 114, fraction: 0.5 }));
+    let mut client = Client::connect(cluster.node(0).addr());
+    let mut failed = 0;
+    for i in 0..400 {
+        client.send_batch("s", &i.to_string(), &[b"x"]);
+        if client.code() != 0 {
+            failed += 1;
+        }
+    }
+    assert!((120..=280).contains(&failed), "{failed} of 400 failed");
+}
+
+#[test]
+fn silent_node_reads_but_never_answers() {
+    let cluster = cluster_with(NodeConfig::default());
+    cluster.node(0).update_faults(|f| f.silent = true);
+    let mut client = Client::connect(cluster.node(0).addr());
+    client.stream.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    client.send_batch("s", "1", &[b"x"]);
+    client.send(&HEARTBEAT_REQUEST);
+    let mut chunk = [0u8; 16];
+    let err = client.stream.read(&mut chunk).expect_err("nothing may arrive");
+    assert!(matches!(err.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut), "{err}");
+    wait_for("frames dropped", || cluster.stats().dropped == 2);
+    assert_eq!(cluster.stats().records, 0);
+    // Back to normal on the same connection.
+    cluster.node(0).update_faults(|f| f.silent = false);
+    client.stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    client.send_batch("s", "2", &[b"x"]);
+    assert_eq!(client.code(), 0);
+}
+
+#[test]
+fn close_after_batches_drops_the_nth_batch_and_closes() {
+    let cluster = cluster_with(NodeConfig::default());
+    cluster.node(0).update_faults(|f| f.close_after_batches = Some(3));
+    let mut client = Client::connect(cluster.node(0).addr());
+    client.send_batch("s", "1", &[b"x"]);
+    client.send_batch("s", "2", &[b"x"]);
+    assert_eq!((client.code(), client.code()), (0, 0));
+    client.send_batch("s", "3", &[b"x"]);
+    client.expect_closed_without_reply();
+    let stats = cluster.stats();
+    assert_eq!((stats.batches, stats.dropped), (2, 1));
+}
+
+#[test]
+fn stop_and_restart_listening() {
+    let cluster = cluster_with(NodeConfig::default());
+    let node = cluster.node(0);
+    let mut client = Client::connect(node.addr());
+    client.send_batch("s", "1", &[b"x"]);
+    assert_eq!(client.code(), 0);
+    node.stop();
+    assert!(!node.is_listening());
+    client.expect_closed_without_reply();
+    let refused = TcpStream::connect_timeout(&node.addr(), TIMEOUT).expect_err("refused");
+    assert_eq!(refused.kind(), ErrorKind::ConnectionRefused);
+    wait_for("connections closed", || node.open_connections() == 0);
+    node.restart().unwrap();
+    let mut client = Client::connect(node.addr());
+    client.send_batch("s", "2", &[b"x"]);
+    assert_eq!(client.code(), 0);
+    assert_eq!(cluster.stats().records, 2, "counters survive a restart");
+}
+
+#[test]
+fn kill_connections_keeps_listening() {
+    let cluster = cluster_with(NodeConfig::default());
+    let node = cluster.node(0);
+    let mut client = Client::connect(node.addr());
+    client.send(&HEARTBEAT_REQUEST);
+    assert_eq!(client.answer(), Answer::Heartbeat);
+    node.kill_connections();
+    client.expect_closed_without_reply();
+    let mut client = Client::connect(node.addr());
+    client.send(&HEARTBEAT_REQUEST);
+    assert_eq!(client.answer(), Answer::Heartbeat);
+}
+
+#[test]
+fn corrupt_replies_are_garbage_or_oversized() {
+    let cluster = cluster_with(NodeConfig::default());
+    let node = cluster.node(0);
+    node.update_faults(|f| f.corrupt_replies = Some(ReplyCorruption::Garbage));
+    let mut client = Client::connect(node.addr());
+    client.send_batch("s", "1", &[b"x"]);
+    let mut buf = vec![0u8; 16];
+    client.stream.read_exact(&mut buf).unwrap();
+    let len = split_frame(&buf, MAX_REPLY_FRAME_LEN).unwrap().unwrap();
+    assert!(decode_reply(&buf[..len]).is_err(), "garbage must not decode");
+
+    node.update_faults(|f| f.corrupt_replies = Some(ReplyCorruption::Oversized));
+    let mut client = Client::connect(node.addr());
+    client.send_batch("s", "2", &[b"x"]);
+    let mut head = [0u8; 4];
+    client.stream.read_exact(&mut head).unwrap();
+    assert!(split_frame(&head, MAX_REPLY_FRAME_LEN).is_err(), "oversized must fail fast");
+}
+
+#[test]
+fn duplicate_mids_are_counted() {
+    let cluster = cluster_with(NodeConfig::default());
+    let mut client = Client::connect(cluster.node(0).addr());
+    for mid in ["a", "b", "a", "a"] {
+        client.send_batch("s", mid, &[b"x"]);
+        assert_eq!(client.code(), 0);
+    }
+    let stats = cluster.stats();
+    assert_eq!((stats.batches, stats.duplicates), (4, 2));
+}
+
+#[test]
+fn a_retry_accepted_by_another_node_is_a_duplicate() {
+    let cluster = LocalCluster::start(2).unwrap();
+    for node in cluster.nodes() {
+        let mut client = Client::connect(node.addr());
+        client.send_batch("s", "retried-mid", &[b"x"]);
+        assert_eq!(client.code(), 0);
+    }
+    let extra = cluster.add_node().unwrap();
+    let mut client = Client::connect(extra.addr());
+    client.send_batch("s", "retried-mid", &[b"x"]);
+    assert_eq!(client.code(), 0);
+    assert_eq!((cluster.stats().batches, cluster.stats().duplicates), (3, 2));
+}
+
+#[test]
+fn many_connections_and_streams_are_counted_exactly() {
+    let cluster =
+        LocalCluster::builder().nodes(2).threads(2).node_config(ledger_config()).start().unwrap();
+    let addrs = cluster.node_addrs();
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let addr = addrs[t % 2];
+            std::thread::spawn(move || {
+                let mut client = Client::connect(addr);
+                for b in 0..50 {
+                    let records: Vec<Vec<u8>> =
+                        (0..20).map(|r| format!("{t}-{b}-{r}").into_bytes()).collect();
+                    let refs: Vec<&[u8]> = records.iter().map(Vec::as_slice).collect();
+                    client.send_batch(&format!("stream-{}", b % 5), &format!("{t}-{b}"), &refs);
+                }
+                for _ in 0..50 {
+                    assert_eq!(client.code(), 0);
+                }
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().unwrap();
+    }
+    let stats = cluster.stats();
+    assert_eq!((stats.batches, stats.records, stats.duplicates), (200, 4000, 0));
+    let counts = cluster.stream_counts();
+    assert_eq!(counts.len(), 5);
+    assert!(counts.values().all(|&c| c == 800));
+    let ledger = cluster.ledger();
+    assert_eq!(ledger.values().map(Vec::len).sum::<usize>(), 4000);
+}
+
+#[test]
+fn manager_lists_the_cluster_nodes() {
+    let cluster = LocalCluster::start(2).unwrap();
+    let url = cluster.manager_url();
+    let rest = url.strip_prefix("http://").unwrap();
+    let (authority, path) = rest.split_once('/').unwrap();
+    let mut stream = TcpStream::connect(authority).unwrap();
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    write!(
+        stream,
+        "POST /{path}/test_group?protocolType=TCP HTTP/1.1\r\nHost: {authority}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    let body = &response[response.find("\r\n\r\n").unwrap() + 4..];
+    let json: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(json["success"], true);
+    let nodes = json["data"]["nodeList"].as_array().unwrap();
+    let ports: Vec<u64> = nodes.iter().map(|n| n["port"].as_u64().unwrap()).collect();
+    let expected: Vec<u64> = cluster.node_addrs().iter().map(|a| u64::from(a.port())).collect();
+    assert_eq!(ports, expected);
+
+    // A node added at run time is listed; a removed one is not.
+    let added = cluster.add_node().unwrap();
+    cluster.remove_node(cluster.node(0).addr());
+    let listed = cluster.manager().nodes();
+    assert!(listed.contains(&added.addr()) && !listed.contains(&cluster.node(0).addr()));
+}
+
+#[test]
+fn restart_right_after_stop_reuses_the_port() {
+    let cluster = cluster_with(NodeConfig::default());
+    let node = cluster.node(0);
+    for _ in 0..20 {
+        node.stop();
+        node.restart().expect("the port is free as soon as stop returns");
+    }
+    let mut client = Client::connect(node.addr());
+    client.send(&HEARTBEAT_REQUEST);
+    assert_eq!(client.answer(), Answer::Heartbeat);
+}

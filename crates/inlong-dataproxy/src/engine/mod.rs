@@ -1,0 +1,21 @@
+//! The sans-IO heart of the producer: batching, the in-flight table, retries, timeouts and
+//! heartbeats as state machines that take events and `now` and give back bytes, deadlines and
+//! delivery results.
+//!
+//! [`accumulator`] is shared by the sending threads and one shard (under the shard's lock);
+//! everything else belongs to one shard thread. Nothing here reads the clock or touches a socket:
+//! the I/O shells in [`crate::shard`] drive it, and the unit tests drive it with injected time.
+
+pub mod accumulator;
+pub mod budget;
+pub mod buffers;
+pub mod completion;
+pub mod shard_engine;
+
+pub use accumulator::{BatchAccumulator, BatchLimits, SealedBatch};
+pub use budget::PendingBudget;
+pub use buffers::FramePool;
+#[cfg(feature = "unstable")]
+pub use completion::BatchOutcome;
+pub use completion::{BatchCompletion, Callback, DeliveryReport};
+pub use shard_engine::{ConnId, EngineConfig, EngineEvent, ShardEngine};
