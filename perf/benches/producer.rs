@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use inlong_dataproxy::engine::{BatchCompletion, BatchOutcome};
+use inlong_dataproxy::completion::{BatchCompletion, BatchOutcome};
 use inlong_dataproxy::protocol::{AddColumns, BatchBody, BatchHeader, FrameEncoder};
 use inlong_dataproxy::{Producer, Record, StreamId};
 use inlong_dataproxy_testkit::workload::log_line;

@@ -287,13 +287,11 @@ impl ProducerConfig {
             );
         }
         if self.max_pending_messages == 0
-            || self.max_pending_messages as u64 > crate::engine::budget::MAX_RECORDS
+            || self.max_pending_messages as u64 > crate::budget::MAX_RECORDS
         {
             return bad("max_pending_messages", "must be between 1 and 134217728 (2^27)");
         }
-        if self.max_pending_bytes == 0
-            || self.max_pending_bytes as u64 > crate::engine::budget::MAX_BYTES
-        {
+        if self.max_pending_bytes == 0 || self.max_pending_bytes as u64 > crate::budget::MAX_BYTES {
             return bad("max_pending_bytes", "must be between 1 and 32 GiB");
         }
         if self.write_buffer_size == 0 || self.read_buffer_size == 0 {

@@ -41,6 +41,12 @@
 #[doc = include_str!("../../../README.md")]
 struct ReadmeDoctests;
 
+mod budget;
+mod buffers;
+#[cfg(feature = "unstable")]
+pub mod completion;
+#[cfg(not(feature = "unstable"))]
+mod completion;
 mod config;
 mod control;
 #[cfg(feature = "unstable")]
@@ -61,9 +67,9 @@ mod protocol;
 mod record;
 mod shard;
 
+pub use completion::DeliveryReport;
 pub use config::{ProducerConfig, Secret, Transport};
 pub use discovery::{AuthProvider, DiscoveryError, Endpoint};
-pub use engine::DeliveryReport;
 pub use error::{codes, ConnectFailures, Error, Field};
 pub use metrics::MetricsRegistry;
 pub use producer::{DeliveryFuture, Producer, ProducerBuilder, ProducerStats, ShardStats};

@@ -16,14 +16,13 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
+use crate::budget::PendingBudget;
+use crate::buffers::FramePool;
+use crate::completion::{run_callback, BatchCompletion, Callback, DeliveryReport};
 use crate::config::{ProducerConfig, Secret, Transport};
 use crate::control::{self, ControlThread};
 use crate::discovery::AuthProvider;
-use crate::engine::completion::run_callback;
-use crate::engine::{
-    BatchAccumulator, BatchCompletion, BatchLimits, Callback, DeliveryReport, EngineConfig,
-    FramePool, PendingBudget,
-};
+use crate::engine::{BatchAccumulator, BatchLimits, EngineConfig};
 use crate::error::Error;
 use crate::metrics::{MetricsRegistry, ProducerMetrics, ShardMetrics};
 use crate::protocol::AddColumns;

@@ -14,8 +14,8 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::buffers::FramePool;
-use super::completion::{BatchCompletion, Callback};
+use crate::buffers::FramePool;
+use crate::completion::{BatchCompletion, Callback};
 use crate::error::{Error, Field};
 use crate::protocol::{self, BatchBody, COMPRESS_THRESHOLD, TEXT_FRAME_OVERHEAD};
 use crate::record::StreamId;
@@ -355,11 +355,11 @@ impl BatchAccumulator {
     }
 
     /// Gives the queue of sealed batches room for `batches` up front, its pages resident (see
-    /// [`resident_vec`](super::buffers::resident_vec)): a backlog of sealed batches then does not
+    /// [`resident_vec`](crate::buffers::resident_vec)): a backlog of sealed batches then does not
     /// grow it by doubling.
     pub fn reserve_sealed(&mut self, batches: usize) {
         if self.sealed.capacity() < batches {
-            let mut sealed = super::buffers::resident_vec(batches);
+            let mut sealed = crate::buffers::resident_vec(batches);
             sealed.append(&mut self.sealed);
             self.sealed = sealed;
         }
@@ -370,7 +370,7 @@ impl BatchAccumulator {
     /// allocates none, and the memory is there from the start rather than left behind, spread
     /// over the allocator's arenas, by the first bursts that needed it.
     pub fn keep_completions(&mut self, batches: usize) {
-        self.spare_completions = super::buffers::resident_vec(batches);
+        self.spare_completions = crate::buffers::resident_vec(batches);
         self.spare_completions.extend((0..batches).map(|_| BatchCompletion::new()));
         self.completions_kept = batches;
     }

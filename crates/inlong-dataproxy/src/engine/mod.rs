@@ -7,15 +7,7 @@
 //! the I/O shells in [`crate::shard`] drive it, and the unit tests drive it with injected time.
 
 pub mod accumulator;
-pub mod budget;
-pub mod buffers;
-pub mod completion;
 pub mod shard_engine;
 
 pub use accumulator::{BatchAccumulator, BatchLimits, SealedBatch};
-pub use budget::PendingBudget;
-pub use buffers::FramePool;
-#[cfg(feature = "unstable")]
-pub use completion::BatchOutcome;
-pub use completion::{BatchCompletion, Callback, DeliveryReport};
 pub use shard_engine::{ConnId, EngineConfig, EngineEvent, ShardEngine};

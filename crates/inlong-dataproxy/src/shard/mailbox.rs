@@ -18,8 +18,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
-use crate::engine::completion::run_callback;
-use crate::engine::{BatchAccumulator, Callback, PendingBudget};
+use crate::budget::PendingBudget;
+use crate::completion::{run_callback, Callback};
+use crate::engine::BatchAccumulator;
 use crate::error::Error;
 use crate::metrics::{ProducerMetrics, ShardMetrics};
 use crate::record::Record;

@@ -23,8 +23,9 @@ pub(crate) use mailbox::Waiting;
 pub use mailbox::{Command, ShardShared};
 pub use transport::{probe_driver, Driver};
 
-use crate::engine::PendingBudget;
-use crate::engine::{ConnId, EngineConfig, EngineEvent, FramePool, SealedBatch, ShardEngine};
+use crate::budget::PendingBudget;
+use crate::buffers::FramePool;
+use crate::engine::{ConnId, EngineConfig, EngineEvent, SealedBatch, ShardEngine};
 use crate::error::{codes, Error};
 use crate::metrics::ShardMetrics;
 use endpoints::{AttemptId, EndpointPlan, Placement};
@@ -145,7 +146,7 @@ async fn run(settings: ShardSettings, shared: Arc<ShardShared>, budget: Arc<Pend
         settings.metrics.clone(),
     );
     let plan = EndpointPlan::new(settings.index, settings.endpoints.clone());
-    let sealed = crate::engine::buffers::resident_vec(settings.engine.inflight_capacity);
+    let sealed = crate::buffers::resident_vec(settings.engine.inflight_capacity);
     let waker = shared.waker();
     let mut shell = Shell {
         settings,

@@ -27,9 +27,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::accumulator::{SealedBatch, SPARE_BODIES};
-use super::budget::PendingBudget;
-use super::buffers::{resident_vec, BufferPool, FramePool};
-use super::completion::{run_callback, BatchCompletion, BatchOutcome, Callback};
+use crate::budget::PendingBudget;
+use crate::buffers::{resident_vec, BufferPool, FramePool};
+use crate::completion::{run_callback, BatchCompletion, BatchOutcome, Callback};
 use crate::error::{ConnectFailures, Error};
 use crate::metrics::ShardMetrics;
 use crate::protocol::{
