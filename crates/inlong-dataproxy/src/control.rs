@@ -85,8 +85,8 @@ pub struct Endpoints {
     pub addrs: Vec<SocketAddr>,
     /// `maxPacketLength`, when the Manager sent one.
     pub max_packet_length: Option<usize>,
-    /// `static`, `manager` or `cache`.
-    pub source: &'static str,
+    /// Where the list came from; `None` for static endpoints.
+    pub source: Option<Source>,
     /// The Manager client and cache, kept for the periodic refresh (none for static endpoints).
     pub discovery: Option<Discovery>,
 }
@@ -107,7 +107,7 @@ pub fn initial_endpoints(
         return Ok(Endpoints {
             addrs: config.endpoints.clone(),
             max_packet_length: None,
-            source: "static",
+            source: None,
             discovery: None,
         });
     };
@@ -131,21 +131,17 @@ pub fn initial_endpoints(
     let lookup = async move {
         let client = Arc::new(ManagerClient::new(client_config)?);
         let (list, source) = discovery::initial_lookup(&client, cache.as_ref()).await?;
-        let source = match source {
-            Source::Cache { age } => {
-                tracing::warn!(
-                    age_secs = age.as_secs(),
-                    "manager unreachable; using the cached node list"
-                );
-                "cache"
-            }
-            Source::Manager => "manager",
-        };
+        if let Source::Cache { age } = source {
+            tracing::warn!(
+                age_secs = age.as_secs(),
+                "manager unreachable; using the cached node list"
+            );
+        }
         let addrs = resolve(&list).await;
         Ok::<_, discovery::DiscoveryError>(Endpoints {
             addrs,
             max_packet_length: list.max_packet_length,
-            source,
+            source: Some(source),
             discovery: Some(Discovery { client, cache }),
         })
     };

@@ -267,8 +267,8 @@ impl Producer {
         let control = ControlThread::start()?;
         let endpoints = match control::initial_endpoints(&control, &config) {
             Ok(endpoints) => {
-                if endpoints.source != "static" {
-                    metrics.discovery_lookup(endpoints.source);
+                if let Some(source) = endpoints.source {
+                    metrics.discovery_lookup(source.label());
                 }
                 endpoints
             }

@@ -40,6 +40,16 @@ pub enum Source {
     },
 }
 
+impl Source {
+    /// The `source` label of the lookup metric: `manager` or `cache`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Source::Manager => "manager",
+            Source::Cache { .. } => "cache",
+        }
+    }
+}
+
 /// The start-up lookup: ask the Manager (with the client's bounded retries), and remember a good
 /// answer in `cache`.
 ///

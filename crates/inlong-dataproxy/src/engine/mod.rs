@@ -10,4 +10,4 @@ pub mod accumulator;
 pub mod shard_engine;
 
 pub use accumulator::{BatchAccumulator, BatchLimits, SealedBatch};
-pub use shard_engine::{ConnId, EngineConfig, EngineEvent, ShardEngine};
+pub use shard_engine::{CloseReason, ConnId, EngineConfig, EngineEvent, Resolved, ShardEngine};

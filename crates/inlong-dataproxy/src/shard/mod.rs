@@ -25,7 +25,10 @@ pub use transport::{probe_driver, Driver};
 
 use crate::budget::PendingBudget;
 use crate::buffers::FramePool;
-use crate::engine::{ConnId, EngineConfig, EngineEvent, SealedBatch, ShardEngine};
+use crate::completion::run_callback;
+use crate::engine::{
+    CloseReason, ConnId, EngineConfig, EngineEvent, Resolved, SealedBatch, ShardEngine,
+};
 use crate::error::{codes, Error};
 use crate::metrics::ShardMetrics;
 use endpoints::{AttemptId, EndpointPlan, Placement};
@@ -128,7 +131,7 @@ struct Shell {
     /// Which connections serve the shard's slots, and which connects to start.
     plan: EndpointPlan,
     /// When each serving connection is replaced (rotation or `max_conn_lifetime`), and why.
-    retire_at: HashMap<ConnId, (Instant, &'static str)>,
+    retire_at: HashMap<ConnId, (Instant, CloseReason)>,
     rng: u64,
     lost: Rc<RefCell<Vec<Lost>>>,
     connected: Rc<RefCell<Vec<Connected>>>,
@@ -141,7 +144,6 @@ struct Shell {
 async fn run(settings: ShardSettings, shared: Arc<ShardShared>, budget: Arc<PendingBudget>) {
     let engine = ShardEngine::new(
         settings.engine.clone(),
-        budget.clone(),
         settings.frames.clone(),
         settings.metrics.clone(),
     );
@@ -187,11 +189,14 @@ impl Shell {
                         let metrics = self.settings.metrics.producer();
                         self.shared.fail_waiting(&Error::ProducerClosed, &self.budget, metrics);
                         self.take_sealed(now);
-                        self.engine.borrow_mut().fail_all(now, &Error::ProducerClosed);
+                        self.engine.borrow_mut().fail_all(&Error::ProducerClosed);
+                        self.deliver_resolved(now);
                         return;
                     }
                 }
             }
+            // Acks read since the last turn give their room back before waiting records look.
+            self.deliver_resolved(now);
             let waiting = self.admit_waiting(now);
             let linger = self.take_sealed(now);
             self.handle_connections(now);
@@ -205,6 +210,7 @@ impl Shell {
             self.rebalance();
             self.reconnect(now);
             self.transmit(now);
+            self.deliver_resolved(now);
 
             if let Some(deadline) = closing {
                 let idle = self.engine.borrow().inflight() == 0 && self.shared.waiting_len() == 0;
@@ -223,7 +229,8 @@ impl Shell {
                     let error = Error::FlushTimeout { undelivered };
                     let metrics = self.settings.metrics.producer();
                     self.shared.fail_waiting(&error, &self.budget, metrics);
-                    self.engine.borrow_mut().fail_all(now, &error);
+                    self.engine.borrow_mut().fail_all(&error);
+                    self.deliver_resolved(now);
                     return;
                 }
             }
@@ -313,7 +320,7 @@ impl Shell {
                                 "moving a connection back to its preferred node"
                             );
                             self.retire_at.remove(&old);
-                            self.engine.borrow_mut().drain_conn(old, "moved to its preferred node");
+                            self.engine.borrow_mut().drain_conn(old, CloseReason::MovedHome);
                         }
                     }
                     // Another connect got there first, or the node left the list.
@@ -331,11 +338,11 @@ impl Shell {
         for Lost { conn, reason } in lost {
             self.drop_conn(now, conn, &reason);
         }
-        let due: Vec<(ConnId, &'static str)> = self
+        let due: Vec<(ConnId, CloseReason)> = self
             .retire_at
             .iter()
             .filter(|(_, (at, _))| *at <= now)
-            .map(|(conn, (_, reason))| (*conn, *reason))
+            .map(|(conn, (_, reason))| (*conn, reason.clone()))
             .collect();
         for (conn, reason) in due {
             self.drain(conn, reason);
@@ -355,18 +362,18 @@ impl Shell {
     /// Picks when a new connection is replaced: a random 30–80 s (rotation) or
     /// `max_conn_lifetime`, whichever comes first.
     fn schedule_retirement(&mut self, conn: ConnId, now: Instant) {
-        let mut retire: Option<(Instant, &'static str)> = None;
+        let mut retire: Option<(Instant, CloseReason)> = None;
         if self.settings.conn_rotation {
             self.rng ^= self.rng << 13;
             self.rng ^= self.rng >> 7;
             self.rng ^= self.rng << 17;
             let after = Duration::from_millis(30_000 + self.rng % 50_000);
-            retire = Some((now + after, "periodic rotation"));
+            retire = Some((now + after, CloseReason::Rotation));
         }
         if let Some(lifetime) = self.settings.max_conn_lifetime {
             let at = now + lifetime;
-            if retire.is_none_or(|(other, _)| at < other) {
-                retire = Some((at, "max_conn_lifetime reached"));
+            if retire.as_ref().is_none_or(|(other, _)| at < *other) {
+                retire = Some((at, CloseReason::LifetimeReached));
             }
         }
         if let Some(retire) = retire {
@@ -376,18 +383,18 @@ impl Shell {
 
     /// Stops giving `conn` new batches; it closes once its replies are in, and its slot
     /// reconnects at once (to its preferred node, or else to the same one).
-    fn drain(&mut self, conn: ConnId, reason: &'static str) {
+    fn drain(&mut self, conn: ConnId, reason: CloseReason) {
         self.retire_at.remove(&conn);
         self.engine.borrow_mut().drain_conn(conn, reason);
         self.plan.released(conn);
     }
 
-    fn drop_conn(&mut self, now: Instant, conn: ConnId, reason: &str) {
+    fn drop_conn(&mut self, now: Instant, conn: ConnId, reason: &CloseReason) {
         let Some(tasks) = self.conns.remove(&conn) else { return };
-        tracing::debug!(shard = self.settings.index, conn, endpoint = %tasks.endpoint, reason, "connection closed");
+        tracing::debug!(shard = self.settings.index, conn, endpoint = %tasks.endpoint, %reason, "connection closed");
         tasks.close();
         self.settings.metrics.connections_delta(-1);
-        let (update_code, error_code) = reason_codes(reason);
+        let (update_code, error_code) = reason.codes();
         self.settings.metrics.conn_updated(update_code);
         if let Some(code) = error_code {
             self.settings.metrics.error_event(code);
@@ -414,7 +421,7 @@ impl Shell {
                 conn,
                 "moving a connection to another node"
             );
-            self.engine.borrow_mut().drain_conn(conn, "rebalanced");
+            self.engine.borrow_mut().drain_conn(conn, CloseReason::Rebalanced);
         }
     }
 
@@ -438,6 +445,18 @@ impl Shell {
                 shared.notify();
             })
             .detach();
+        }
+    }
+
+    /// Delivers every batch the engine resolved since the last turn (see [`deliver`]).
+    fn deliver_resolved(&mut self, now: Instant) {
+        loop {
+            let resolved = self.engine.borrow_mut().poll_resolved();
+            let Some(mut resolved) = resolved else { break };
+            // No engine borrow is held here: a callback may send, which only touches the
+            // shared accumulator and wakes this shard.
+            deliver(&mut resolved, &self.budget, &self.settings.metrics, now);
+            self.engine.borrow_mut().recycle(resolved);
         }
     }
 
@@ -472,21 +491,38 @@ impl Shell {
     }
 }
 
-/// How a closed connection is counted: the `data_proxy_update_conn_count` code (as Go: 0 for
-/// periodic or server-requested switches, 10007 after a write failure, 20001 after the peer closed
-/// or broke it) and the error event, if any.
-fn reason_codes(reason: &str) -> (u32, Option<u32>) {
-    if reason.starts_with("write failed") {
-        (codes::CONN_WRITE_FAILED, Some(codes::CONN_WRITE_FAILED))
-    } else if reason.starts_with("closed by the server") {
-        (codes::UNKNOWN, Some(codes::CONN_CLOSED_BY_PEER))
-    } else if reason.starts_with("read failed") || reason.starts_with("bad reply") {
-        (codes::UNKNOWN, Some(codes::CONN_READ_FAILED))
-    } else if reason.starts_with("heartbeat") {
-        (codes::UNKNOWN, None)
-    } else {
-        (codes::OK, None)
+/// Delivers a batch the engine resolved: counts it, gives its room back, runs its callbacks
+/// (each contained: a panic is counted, the rest still run), settles the budget, then resolves
+/// the completion, which wakes the batch's futures.
+pub(crate) fn deliver(
+    resolved: &mut Resolved,
+    budget: &PendingBudget,
+    metrics: &ShardMetrics,
+    now: Instant,
+) {
+    let records = resolved.records();
+    let payload_bytes = resolved.payload_bytes();
+    let outcome = resolved.take_outcome();
+    let age = now.saturating_duration_since(resolved.opened_at()).as_secs_f64();
+    metrics.batch_done(records, payload_bytes, age, outcome.as_ref().map(|_| ()));
+    // Room first: whoever learns of this outcome may send again at once.
+    budget.release(u64::from(records), payload_bytes);
+    for (_, metadata, callback) in resolved.take_callbacks() {
+        let result = match &outcome {
+            Ok(outcome) => Ok(outcome.report(metadata)),
+            Err(error) => Err(error.clone()),
+        };
+        if run_callback(callback, result) {
+            metrics.callback_panicked();
+        }
     }
+    if let Err(error) = &outcome {
+        tracing::debug!(stream = %resolved.stream_id(), records, %error, "batch failed");
+    }
+    // Settled after the callbacks ran (so `flush` implies they did) and before the futures wake
+    // (so a woken future sees an accurate `in_flight_count`).
+    budget.settle(u64::from(records));
+    resolved.completion().resolve(outcome);
 }
 
 /// Why a connect failed, as [`Error::ConnectFailed`] and [`Error::NoEndpoints`] show it:

@@ -23,7 +23,7 @@ use compio::runtime::{JoinHandle, Runtime};
 
 use super::{ShardSettings, ShardShared};
 use crate::config::Transport;
-use crate::engine::{ConnId, ShardEngine};
+use crate::engine::{CloseReason, ConnId, ShardEngine};
 use crate::error::Error;
 
 /// The I/O driver every shard of a producer uses.
@@ -94,7 +94,7 @@ pub fn probe_driver(requested: Transport) -> Result<Driver, Error> {
 #[derive(Debug)]
 pub(super) struct Lost {
     pub conn: ConnId,
-    pub reason: String,
+    pub reason: CloseReason,
 }
 
 /// The writer task's single slot: the engine hands out one buffer per connection at a time.
@@ -219,12 +219,12 @@ async fn read_loop(
         let BufResult(result, returned) = stream.read(buf).await;
         buf = returned;
         match result {
-            Ok(0) => break "closed by the server".to_owned(),
+            Ok(0) => break CloseReason::ClosedByPeer,
             Ok(_) => {
                 engine.borrow_mut().on_bytes(Instant::now(), id, &buf);
                 shared.notify();
             }
-            Err(error) => break format!("read failed: {error}"),
+            Err(error) => break CloseReason::ReadFailed(error.to_string().into()),
         }
     };
     engine.borrow_mut().recycle_read_buffer(buf);
@@ -263,7 +263,8 @@ async fn write_loop(
             }
             Err(error) => {
                 engine.borrow_mut().recycle_write_buffer(bytes);
-                lost.borrow_mut().push(Lost { conn: id, reason: format!("write failed: {error}") });
+                let reason = CloseReason::WriteFailed(error.to_string().into());
+                lost.borrow_mut().push(Lost { conn: id, reason });
                 shared.notify();
                 return;
             }

@@ -27,10 +27,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::accumulator::{SealedBatch, SPARE_BODIES};
-use crate::budget::PendingBudget;
 use crate::buffers::{resident_vec, BufferPool, FramePool};
-use crate::completion::{run_callback, BatchCompletion, BatchOutcome, Callback};
-use crate::error::{ConnectFailures, Error};
+use crate::completion::{BatchCompletion, BatchOutcome, Callback};
+use crate::error::{codes, ConnectFailures, Error};
 use crate::metrics::ShardMetrics;
 use crate::protocol::{
     self, AddColumns, BatchBody, BatchHeader, FrameEncoder, FrameError, Reply, HEARTBEAT_REQUEST,
@@ -133,9 +132,68 @@ pub enum EngineEvent {
     CloseConn {
         /// The connection.
         conn: ConnId,
-        /// Why, for the log.
-        reason: String,
+        /// Why.
+        reason: CloseReason,
     },
+}
+
+/// Why a connection ends. The log line, the text of [`Error::ConnectionLost`] and the metrics'
+/// codes ([`CloseReason::codes`]) all come from this value; nothing parses text back.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CloseReason {
+    /// The server closed it (end of file on a read).
+    #[error("closed by the server")]
+    ClosedByPeer,
+    /// A read failed.
+    #[error("read failed: {0}")]
+    ReadFailed(Arc<str>),
+    /// A write failed.
+    #[error("write failed: {0}")]
+    WriteFailed(Arc<str>),
+    /// The reply stream could not be decoded.
+    #[error("bad reply: {0}")]
+    BadReply(FrameError),
+    /// A heartbeat got no reply in time.
+    #[error("heartbeat reply missing")]
+    HeartbeatLost,
+    /// The server answered code 2: it is going offline (drained first).
+    #[error("server is going offline (code 2)")]
+    ServerOffline,
+    /// Replaced by a connection to the slot's preferred node (drained first).
+    #[error("moved to its preferred node")]
+    MovedHome,
+    /// Its node left the shard's share of the node list (drained first).
+    #[error("rebalanced")]
+    Rebalanced,
+    /// `conn_rotation`'s periodic switch (drained first).
+    #[error("periodic rotation")]
+    Rotation,
+    /// `max_conn_lifetime` ran out (drained first).
+    #[error("max_conn_lifetime reached")]
+    LifetimeReached,
+}
+
+impl CloseReason {
+    /// How the close is counted, as the Go SDK does: the `data_proxy_update_conn_count` code (0
+    /// for periodic or server-requested switches, 10007 after a write failure, 20001 after the
+    /// peer closed or broke it) and the `data_proxy_error_count` code, if it is an error.
+    pub fn codes(&self) -> (u32, Option<u32>) {
+        match self {
+            CloseReason::WriteFailed(_) => {
+                (codes::CONN_WRITE_FAILED, Some(codes::CONN_WRITE_FAILED))
+            }
+            CloseReason::ClosedByPeer => (codes::UNKNOWN, Some(codes::CONN_CLOSED_BY_PEER)),
+            CloseReason::ReadFailed(_) | CloseReason::BadReply(_) => {
+                (codes::UNKNOWN, Some(codes::CONN_READ_FAILED))
+            }
+            CloseReason::HeartbeatLost => (codes::UNKNOWN, None),
+            CloseReason::ServerOffline
+            | CloseReason::MovedHome
+            | CloseReason::Rebalanced
+            | CloseReason::Rotation
+            | CloseReason::LifetimeReached => (codes::OK, None),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -169,7 +227,7 @@ struct Conn {
     /// No new batches: the server said it is going offline; closed once its replies are in.
     draining: bool,
     /// Why it is draining (for the log and the metrics).
-    drain_reason: &'static str,
+    drain_reason: CloseReason,
     /// Asked the shell to close it (heartbeat lost); no more deadlines of its own.
     doomed: bool,
     writing: bool,
@@ -190,7 +248,6 @@ struct Conn {
 pub struct ShardEngine {
     config: EngineConfig,
     encoder: FrameEncoder,
-    budget: Arc<PendingBudget>,
     metrics: ShardMetrics,
     pending_records: u64,
     batches: HashMap<u64, Box<Inflight>>,
@@ -210,6 +267,8 @@ pub struct ShardEngine {
     backoffs: BinaryHeap<Reverse<(Instant, u64, u32)>>,
     conns: Vec<Conn>,
     events: VecDeque<EngineEvent>,
+    /// Batches resolved and not yet taken by the shell ([`ShardEngine::poll_resolved`]).
+    resolved: VecDeque<Resolved>,
     frames: Arc<FramePool>,
     write_buffers: BufferPool,
     read_buffers: BufferPool,
@@ -251,12 +310,7 @@ impl std::fmt::Debug for ShardEngine {
 
 impl ShardEngine {
     /// An engine with no batches and no connections.
-    pub fn new(
-        config: EngineConfig,
-        budget: Arc<PendingBudget>,
-        frames: Arc<FramePool>,
-        metrics: ShardMetrics,
-    ) -> ShardEngine {
+    pub fn new(config: EngineConfig, frames: Arc<FramePool>, metrics: ShardMetrics) -> ShardEngine {
         let mut encoder = FrameEncoder::new();
         encoder.set_compression(config.compression);
         let rng = config.seed | 1;
@@ -275,7 +329,6 @@ impl ShardEngine {
         ShardEngine {
             config,
             encoder,
-            budget,
             metrics,
             pending_records: 0,
             // Room for four times the budget's worth of full batches (linger seals smaller ones).
@@ -288,6 +341,7 @@ impl ShardEngine {
             backoffs: BinaryHeap::from(resident_vec(inflight_capacity * QUEUE_SLACK)),
             conns: Vec::new(),
             events: VecDeque::new(),
+            resolved: VecDeque::new(),
             frames,
             write_buffers,
             read_buffers,
@@ -502,9 +556,8 @@ impl ShardEngine {
             Err(error) => {
                 // The accumulator keeps batches under the limit; a Manager that lowered it
                 // after the batch was opened can still make this happen.
-                finish(&mut inflight, Err(error), &self.budget, &self.metrics, now);
                 self.frames.give(std::mem::take(&mut inflight.frame));
-                self.recycle_inflight(inflight);
+                self.resolved.push_back(Resolved { entry: inflight, outcome: Some(Err(error)) });
             }
         }
     }
@@ -522,7 +575,7 @@ impl ShardEngine {
             id: conn,
             endpoint,
             draining: false,
-            drain_reason: "",
+            drain_reason: CloseReason::ServerOffline,
             doomed: false,
             writing: false,
             out: self.write_buffers.take(),
@@ -552,10 +605,11 @@ impl ShardEngine {
     /// their attempts within milliseconds, on connections that die one after the other, and
     /// fail although the nodes are back long before their time is up. Past the window every
     /// loss counts, so a batch can never bounce between connections for ever.
-    pub fn conn_lost(&mut self, now: Instant, conn: ConnId, reason: &str) {
+    pub fn conn_lost(&mut self, now: Instant, conn: ConnId, reason: &CloseReason) {
         let Some(index) = self.conns.iter().position(|c| c.id == conn) else { return };
         let lost = self.conns.remove(index);
-        let cause = Error::ConnectionLost { endpoint: lost.endpoint, reason: reason.into() };
+        let reason = reason.to_string().into();
+        let cause = Error::ConnectionLost { endpoint: lost.endpoint, reason };
         let window = self.config.send_timeout.saturating_mul(1 + self.config.max_retries);
         // Oldest first, so the retries keep their order at the front of the send queues.
         let mut retry = Vec::new();
@@ -646,7 +700,7 @@ impl ShardEngine {
                 c.doomed = true;
             }
             self.events
-                .push_back(EngineEvent::CloseConn { conn, reason: format!("bad reply: {error}") });
+                .push_back(EngineEvent::CloseConn { conn, reason: CloseReason::BadReply(error) });
         }
         if let Some(c) = self.conns.iter_mut().find(|c| c.id == conn) {
             c.read_buf = partial;
@@ -715,12 +769,12 @@ impl ShardEngine {
                     opened_at: batch.opened_at,
                     acked_at: now,
                 };
-                self.resolve(now, id, Ok(outcome));
+                self.resolve(id, Ok(outcome));
             }
             code if self.config.retry_on_server_error && RETRYABLE_SERVER_CODES.contains(&code) => {
                 if code == SERVICE_CLOSED && !self.conns[index].draining {
                     self.conns[index].draining = true;
-                    self.conns[index].drain_reason = "server is going offline (code 2)";
+                    self.conns[index].drain_reason = CloseReason::ServerOffline;
                 }
                 let cause =
                     Error::Server { code, message: reply.err_msg_lossy(), endpoint, batch_id: id };
@@ -729,7 +783,7 @@ impl ShardEngine {
             code => {
                 let error =
                     Error::Server { code, message: reply.err_msg_lossy(), endpoint, batch_id: id };
-                self.resolve(now, id, Err(error));
+                self.resolve(id, Err(error));
             }
         }
         Ok(())
@@ -737,7 +791,7 @@ impl ShardEngine {
 
     /// Gives `conn` no new batches and closes it ([`EngineEvent::CloseConn`]) once every batch
     /// it carries is answered.
-    pub fn drain_conn(&mut self, conn: ConnId, reason: &'static str) {
+    pub fn drain_conn(&mut self, conn: ConnId, reason: CloseReason) {
         if let Some(c) = self.conns.iter_mut().find(|c| c.id == conn) {
             if !c.draining {
                 c.draining = true;
@@ -751,7 +805,7 @@ impl ShardEngine {
     fn close_drained(&mut self, conn: ConnId) {
         let Some(c) = self.conns.iter().find(|c| c.id == conn) else { return };
         if c.draining && self.live_sent(c) == 0 {
-            let event = EngineEvent::CloseConn { conn, reason: c.drain_reason.to_owned() };
+            let event = EngineEvent::CloseConn { conn, reason: c.drain_reason.clone() };
             if !self.events.contains(&event) {
                 self.events.push_back(event);
             }
@@ -943,7 +997,7 @@ impl ShardEngine {
             let error =
                 Error::SendTimeout { batch_id: id, attempts, last_error: Some(Box::new(cause)) };
             tracing::debug!(batch = id, attempts, "delivery deadline passed");
-            self.resolve(now, id, Err(error));
+            self.resolve(id, Err(error));
         }
         // Backoffs that are over go back to the front of the send queues, oldest first.
         let mut due = 0;
@@ -1008,7 +1062,7 @@ impl ShardEngine {
                         sent = conn.sent.len(),
                         "heartbeat reply missing"
                     );
-                    let reason = "heartbeat reply missing".to_owned();
+                    let reason = CloseReason::HeartbeatLost;
                     self.events.push_back(EngineEvent::CloseConn { conn: conn.id, reason });
                 }
                 Some(_) => {}
@@ -1108,7 +1162,7 @@ impl ShardEngine {
                 attempts: batch.attempts,
                 last_error: batch.last_error.take().map(Box::new),
             };
-            self.resolve(now, id, Err(error));
+            self.resolve(id, Err(error));
             return;
         }
         self.metrics.retry.inc();
@@ -1125,10 +1179,10 @@ impl ShardEngine {
     }
 
     /// Fails every unresolved batch with `error` (close deadline, producer dropped).
-    pub fn fail_all(&mut self, now: Instant, error: &Error) {
+    pub fn fail_all(&mut self, error: &Error) {
         let ids: Vec<u64> = self.batches.keys().copied().collect();
         for id in ids {
-            self.resolve(now, id, Err(error.clone()));
+            self.resolve(id, Err(error.clone()));
         }
         self.fresh.clear();
         self.retries.clear();
@@ -1136,7 +1190,7 @@ impl ShardEngine {
         self.backoffs.clear();
     }
 
-    fn resolve(&mut self, now: Instant, id: u64, outcome: Result<BatchOutcome, Error>) {
+    fn resolve(&mut self, id: u64, outcome: Result<BatchOutcome, Error>) {
         if let Some(mut batch) = self.batches.remove(&id) {
             // Resolved in order, the batches' delivery deadlines leave as they resolve. The
             // timer ends `poll_timeout` reads must stay live: a batch resolved while queued
@@ -1156,10 +1210,22 @@ impl ShardEngine {
             self.pending_records -= u64::from(batch.records);
             self.metrics.inflight_delta(-1);
             self.metrics.pending.sub(i64::from(batch.records));
-            finish(&mut batch, outcome, &self.budget, &self.metrics, now);
             self.frames.give(std::mem::take(&mut batch.frame));
-            self.recycle_inflight(batch);
+            self.resolved.push_back(Resolved { entry: batch, outcome: Some(outcome) });
         }
+    }
+
+    /// The next batch resolved (acked or failed, exactly once), if any. The shell delivers it
+    /// (gives the budget back, runs the callbacks, wakes the futures, counts it) and hands it
+    /// back with [`ShardEngine::recycle`].
+    pub fn poll_resolved(&mut self) -> Option<Resolved> {
+        self.resolved.pop_front()
+    }
+
+    /// Takes back a batch the shell delivered, its entry and completion kept for reuse.
+    pub fn recycle(&mut self, resolved: Resolved) {
+        debug_assert!(resolved.outcome.is_none(), "recycled before it was delivered");
+        self.recycle_inflight(resolved.entry);
     }
 
     /// Keeps a resolved batch's entry for the next batch, emptied of everything that refers to
@@ -1202,34 +1268,48 @@ impl Inflight {
     }
 }
 
-/// Resolves the batch's completion, runs its callbacks, counts it and gives its room back.
-fn finish(
-    batch: &mut Inflight,
-    outcome: Result<BatchOutcome, Error>,
-    budget: &PendingBudget,
-    metrics: &ShardMetrics,
-    now: Instant,
-) {
-    let age = now.saturating_duration_since(batch.opened_at).as_secs_f64();
-    metrics.batch_done(batch.records, batch.payload_bytes, age, outcome.as_ref().map(|_| ()));
-    // Room first: whoever learns of this outcome may send again at once.
-    budget.release(u64::from(batch.records), batch.payload_bytes);
-    for (_, metadata, callback) in batch.callbacks.drain(..) {
-        let result = match &outcome {
-            Ok(outcome) => Ok(outcome.report(metadata)),
-            Err(error) => Err(error.clone()),
-        };
-        if run_callback(callback, result) {
-            metrics.callback_panicked();
-        }
+/// A batch the engine is done with: acked, or failed for good. See [`ShardEngine::poll_resolved`].
+pub struct Resolved {
+    entry: Box<Inflight>,
+    /// Taken by the shell when it delivers the batch.
+    outcome: Option<Result<BatchOutcome, Error>>,
+}
+
+impl Resolved {
+    /// Records in the batch.
+    pub fn records(&self) -> u32 {
+        self.entry.records
     }
-    if let Err(error) = &outcome {
-        tracing::debug!(stream = %batch.stream_id, records = batch.records, %error, "batch failed");
+
+    /// Payload bytes in the batch.
+    pub fn payload_bytes(&self) -> u64 {
+        self.entry.payload_bytes
     }
-    // Settled after the callbacks ran (so `flush` implies they did) and before the futures wake
-    // (so a woken future sees an accurate `in_flight_count`).
-    budget.settle(u64::from(batch.records));
-    batch.completion.resolve(outcome);
+
+    /// When the batch's first record arrived.
+    pub fn opened_at(&self) -> Instant {
+        self.entry.opened_at
+    }
+
+    /// The batch's stream.
+    pub fn stream_id(&self) -> &StreamId {
+        &self.entry.stream_id
+    }
+
+    /// The completion the batch's futures wait on.
+    pub fn completion(&self) -> &Arc<BatchCompletion> {
+        &self.entry.completion
+    }
+
+    /// The batch's per-record callbacks `(index, metadata, callback)`, to be run once.
+    pub fn take_callbacks(&mut self) -> std::vec::Drain<'_, (u32, u64, Callback)> {
+        self.entry.callbacks.drain(..)
+    }
+
+    /// The outcome, taken once, by the delivery.
+    pub fn take_outcome(&mut self) -> Result<BatchOutcome, Error> {
+        self.outcome.take().expect("a resolved batch is delivered once")
+    }
 }
 
 #[cfg(test)]

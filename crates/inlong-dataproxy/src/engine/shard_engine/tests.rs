@@ -1,6 +1,7 @@
 //! The engine driven by hand: injected time, a scripted server built on the local server's codec,
 //! no sockets and no sleeps.
 
+use crate::budget::PendingBudget;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -32,8 +33,63 @@ fn config() -> EngineConfig {
     }
 }
 
-struct Harness {
+/// The engine as the shard's shell drives it: each call that can resolve batches is followed by
+/// their delivery (budget, callbacks, completion, metrics), as the shell does every turn.
+struct TestShell {
     engine: ShardEngine,
+    budget: Arc<PendingBudget>,
+    metrics: crate::metrics::ShardMetrics,
+}
+
+impl std::ops::Deref for TestShell {
+    type Target = ShardEngine;
+    fn deref(&self) -> &ShardEngine {
+        &self.engine
+    }
+}
+
+impl std::ops::DerefMut for TestShell {
+    fn deref_mut(&mut self) -> &mut ShardEngine {
+        &mut self.engine
+    }
+}
+
+impl TestShell {
+    fn deliver(&mut self, now: Instant) {
+        while let Some(mut resolved) = self.engine.poll_resolved() {
+            crate::shard::deliver(&mut resolved, &self.budget, &self.metrics, now);
+            self.engine.recycle(resolved);
+        }
+    }
+
+    fn enqueue(&mut self, now: Instant, batch: SealedBatch, dt_ms: u64) {
+        self.engine.enqueue(now, batch, dt_ms);
+        self.deliver(now);
+    }
+
+    fn on_bytes(&mut self, now: Instant, conn: ConnId, data: &[u8]) {
+        self.engine.on_bytes(now, conn, data);
+        self.deliver(now);
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        self.engine.handle_timeout(now);
+        self.deliver(now);
+    }
+
+    fn conn_lost(&mut self, now: Instant, conn: ConnId, reason: &CloseReason) {
+        self.engine.conn_lost(now, conn, reason);
+        self.deliver(now);
+    }
+
+    fn fail_all(&mut self, now: Instant, error: &Error) {
+        self.engine.fail_all(error);
+        self.deliver(now);
+    }
+}
+
+struct Harness {
+    engine: TestShell,
     budget: Arc<PendingBudget>,
     now: Instant,
 }
@@ -46,12 +102,15 @@ impl Harness {
     fn new(config: EngineConfig) -> Harness {
         let budget = Arc::new(PendingBudget::new(1000, 1 << 20));
         Harness {
-            engine: ShardEngine::new(
-                config,
-                budget.clone(),
-                Arc::new(FramePool::new(1 << 20)),
-                crate::metrics::ShardMetrics::detached(),
-            ),
+            engine: TestShell {
+                engine: ShardEngine::new(
+                    config,
+                    Arc::new(FramePool::new(1 << 20)),
+                    crate::metrics::ShardMetrics::detached(),
+                ),
+                budget: budget.clone(),
+                metrics: crate::metrics::ShardMetrics::detached(),
+            },
             budget,
             now: Instant::now(),
         }
@@ -372,7 +431,7 @@ fn connection_loss_retries_at_once() {
     let done = h.batch(1);
     h.transmit();
     h.engine.add_conn(h.now, 2, ep(2));
-    h.engine.conn_lost(h.now, 1, "reset");
+    h.engine.conn_lost(h.now, 1, &CloseReason::ReadFailed("reset".into()));
     let writes = h.transmit();
     assert_eq!(writes.len(), 1, "resent without waiting for a timeout or backoff");
     assert_eq!(writes[0].0, 2);
@@ -391,7 +450,7 @@ fn connection_losses_inside_the_window_do_not_use_up_attempts() {
         let writes = h.transmit();
         assert_eq!(writes.len(), 1, "sent on connection {conn}");
         h.advance(Duration::from_millis(100));
-        h.engine.conn_lost(h.now, conn, "reset");
+        h.engine.conn_lost(h.now, conn, &CloseReason::ReadFailed("reset".into()));
         assert!(outcome(&done).is_none(), "not failed after losing connection {conn}");
     }
     h.engine.add_conn(h.now, 6, ep(2));
@@ -410,7 +469,7 @@ fn connection_losses_past_the_window_or_after_bad_replies_count() {
     for conn in 1..=3 {
         h.engine.add_conn(h.now, conn, ep(1));
         h.transmit();
-        h.engine.conn_lost(h.now, conn, "reset");
+        h.engine.conn_lost(h.now, conn, &CloseReason::ReadFailed("reset".into()));
     }
     let err = outcome(&done).unwrap().unwrap_err();
     assert!(matches!(err, Error::SendTimeout { attempts: 3, .. }), "{err:?}");
@@ -422,7 +481,12 @@ fn connection_losses_past_the_window_or_after_bad_replies_count() {
         h.engine.add_conn(h.now, conn, ep(1));
         h.transmit();
         h.engine.on_bytes(h.now, conn, &[0, 0, 0, 1, 0xff]);
-        h.engine.conn_lost(h.now, conn, "bad reply");
+        let Some(EngineEvent::CloseConn { reason, .. }) = h.engine.poll_event() else {
+            panic!("a garbage reply closes the connection")
+        };
+        assert!(matches!(reason, CloseReason::BadReply(_)), "{reason:?}");
+        assert_eq!(reason.codes(), (codes::UNKNOWN, Some(codes::CONN_READ_FAILED)));
+        h.engine.conn_lost(h.now, conn, &reason);
     }
     assert!(matches!(outcome(&done), Some(Err(Error::SendTimeout { attempts: 3, .. }))));
 }
@@ -657,7 +721,7 @@ fn a_lost_connections_queues_go_to_the_next_connection() {
     h.transmit();
     let grown = h.engine.conns[0].sent.capacity();
     assert!(grown >= 20);
-    h.engine.conn_lost(h.now, 1, "reset");
+    h.engine.conn_lost(h.now, 1, &CloseReason::ReadFailed("reset".into()));
     h.engine.add_conn(h.now, 2, ep(2));
     let conn = &h.engine.conns[0];
     assert_eq!(conn.sent.capacity(), grown, "the queue is taken over, not grown again");
@@ -799,7 +863,7 @@ impl Harness {
                 self.engine.handle_timeout(self.now);
             }
             while let Some(EngineEvent::CloseConn { conn, .. }) = self.engine.poll_event() {
-                self.engine.conn_lost(self.now, conn, "closed");
+                self.engine.conn_lost(self.now, conn, &CloseReason::ClosedByPeer);
                 if let Some(node) = &mut node {
                     if node.open.is_some_and(|(open, _)| open == conn) {
                         node.open = None;
@@ -906,7 +970,7 @@ fn a_queued_batch_times_out_behind_newer_retries() {
     // Ten seconds later the first batch's connection is lost: its retry goes to the front of
     // the queue, ahead of the batch that has waited since the start.
     h.advance(Duration::from_secs(10));
-    h.engine.conn_lost(h.now, 1, "reset");
+    h.engine.conn_lost(h.now, 1, &CloseReason::ReadFailed("reset".into()));
     assert_eq!(h.engine.poll_timeout(), Some(start + SEND_TIMEOUT), "the longest wait is due");
     h.run_until(start + SEND_TIMEOUT);
     let err = outcome(&waiting).expect("failed after a whole send timeout").unwrap_err();
@@ -930,7 +994,7 @@ fn sent_after_three_free_losses(h: &mut Harness, last_sent_at: Instant) -> Arc<B
     h.transmit();
     for conn in 1..=3 {
         h.run_until(start + Duration::from_secs(29 * conn));
-        h.engine.conn_lost(h.now, conn, "reset");
+        h.engine.conn_lost(h.now, conn, &CloseReason::ReadFailed("reset".into()));
         if conn == 3 {
             h.run_until(last_sent_at);
         }
@@ -1023,4 +1087,29 @@ fn delivery_deadlines_of_resolved_batches_leave_without_growing_their_queue() {
     assert!(h.engine.deliver_by.len() <= capacity);
     assert_eq!(h.engine.deliver_by.front().map(|&(_, id)| id), Some(1));
     assert!(outcome(&stuck).is_none());
+}
+
+#[test]
+fn close_reasons_map_to_the_go_sdks_metric_codes() {
+    let bad = CloseReason::BadReply(FrameError::UnexpectedType(0xff));
+    let cases = [
+        (
+            CloseReason::WriteFailed("broken pipe".into()),
+            (10007, Some(10007)),
+            "write failed: broken pipe",
+        ),
+        (CloseReason::ClosedByPeer, (20001, Some(10015)), "closed by the server"),
+        (CloseReason::ReadFailed("reset".into()), (20001, Some(10008)), "read failed: reset"),
+        (bad, (20001, Some(10008)), "bad reply: "),
+        (CloseReason::HeartbeatLost, (20001, None), "heartbeat reply missing"),
+        (CloseReason::ServerOffline, (0, None), "server is going offline (code 2)"),
+        (CloseReason::MovedHome, (0, None), "moved to its preferred node"),
+        (CloseReason::Rebalanced, (0, None), "rebalanced"),
+        (CloseReason::Rotation, (0, None), "periodic rotation"),
+        (CloseReason::LifetimeReached, (0, None), "max_conn_lifetime reached"),
+    ];
+    for (reason, codes, text) in cases {
+        assert_eq!(reason.codes(), codes, "{reason:?}");
+        assert!(reason.to_string().starts_with(text), "{reason}");
+    }
 }
