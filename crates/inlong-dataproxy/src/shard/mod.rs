@@ -1,11 +1,15 @@
 //! The I/O shell: one pinned thread per shard, running a compio runtime (io_uring, or epoll where
 //! io_uring is not allowed) around that shard's [`ShardEngine`].
 //!
-//! The shard owns its engine, its connections and its buffers outright. Its main loop takes sealed
-//! batches from the accumulator (one lock per wake-up, not per record), lets the engine encode them,
-//! hands each connection's coalesced bytes to that connection's writer task, feeds reply bytes from
-//! the reader tasks back into the engine, and sleeps until the next deadline or wake-up. Everything
-//! that decides anything lives in the engine; this module only moves bytes and time.
+//! The shard owns its engine, its connections and its buffers outright, and its main loop is the
+//! engine's only driver. Each turn it takes what the connections' reader and writer tasks reported
+//! (bytes read, writes done, connections ended: [`transport::ConnIo`]) and hands it to the engine,
+//! delivers the batches the engine resolved ([`deliver`]: the budget given back, the callbacks run,
+//! the futures woken, the metrics counted), takes sealed batches from the accumulator (one lock per
+//! wake-up, not per record) for the engine to encode, hands each connection's coalesced bytes to
+//! its writer task, acts on the engine's events (close a connection, with a typed
+//! [`CloseReason`]), and sleeps until the next deadline or wake-up. Everything that decides
+//! anything lives in the engine; this module moves bytes, time and outcomes.
 
 mod endpoints;
 pub mod mailbox;
@@ -32,7 +36,7 @@ use crate::engine::{
 use crate::error::{codes, Error};
 use crate::metrics::ShardMetrics;
 use endpoints::{AttemptId, EndpointPlan, Placement};
-use transport::{connect, ConnTasks, Lost, SocketSettings};
+use transport::{connect, ConnIo, ConnTasks, Inbox, SocketSettings};
 
 /// Everything a shard thread needs to start.
 #[derive(Debug, Clone)]
@@ -125,7 +129,8 @@ type Connected = (AttemptId, SocketAddr, std::io::Result<ConnTasks>);
 
 struct Shell {
     settings: ShardSettings,
-    engine: Rc<RefCell<ShardEngine>>,
+    /// Driven by this loop alone; the connections' tasks report through `inbox`.
+    engine: ShardEngine,
     shared: Arc<ShardShared>,
     conns: HashMap<ConnId, ConnTasks>,
     /// Which connections serve the shard's slots, and which connects to start.
@@ -133,7 +138,7 @@ struct Shell {
     /// When each serving connection is replaced (rotation or `max_conn_lifetime`), and why.
     retire_at: HashMap<ConnId, (Instant, CloseReason)>,
     rng: u64,
-    lost: Rc<RefCell<Vec<Lost>>>,
+    inbox: Rc<Inbox>,
     connected: Rc<RefCell<Vec<Connected>>>,
     sealed: Vec<SealedBatch>,
     budget: Arc<PendingBudget>,
@@ -143,6 +148,7 @@ struct Shell {
 
 async fn run(settings: ShardSettings, shared: Arc<ShardShared>, budget: Arc<PendingBudget>) {
     let engine = ShardEngine::new(
+        Instant::now(),
         settings.engine.clone(),
         settings.frames.clone(),
         settings.metrics.clone(),
@@ -152,13 +158,13 @@ async fn run(settings: ShardSettings, shared: Arc<ShardShared>, budget: Arc<Pend
     let waker = shared.waker();
     let mut shell = Shell {
         settings,
-        engine: Rc::new(RefCell::new(engine)),
+        engine,
         shared,
         conns: HashMap::new(),
         plan,
         retire_at: HashMap::new(),
         rng: 0x9E37_79B9_7F4A_7C15 ^ settings_seed(),
-        lost: Rc::default(),
+        inbox: Rc::default(),
         connected: Rc::default(),
         sealed,
         budget,
@@ -189,19 +195,20 @@ impl Shell {
                         let metrics = self.settings.metrics.producer();
                         self.shared.fail_waiting(&Error::ProducerClosed, &self.budget, metrics);
                         self.take_sealed(now);
-                        self.engine.borrow_mut().fail_all(&Error::ProducerClosed);
+                        self.engine.fail_all(&Error::ProducerClosed);
                         self.deliver_resolved(now);
                         return;
                     }
                 }
             }
             // Acks read since the last turn give their room back before waiting records look.
+            self.handle_io(now);
             self.deliver_resolved(now);
             let waiting = self.admit_waiting(now);
             let linger = self.take_sealed(now);
             self.handle_connections(now);
             {
-                let mut engine = self.engine.borrow_mut();
+                let engine = &mut self.engine;
                 if engine.poll_timeout().is_some_and(|at| at <= now) {
                     engine.handle_timeout(now);
                 }
@@ -213,13 +220,13 @@ impl Shell {
             self.deliver_resolved(now);
 
             if let Some(deadline) = closing {
-                let idle = self.engine.borrow().inflight() == 0 && self.shared.waiting_len() == 0;
+                let idle = self.engine.inflight() == 0 && self.shared.waiting_len() == 0;
                 if idle {
                     return;
                 }
                 if now >= deadline {
                     let waiting = self.shared.waiting_len() as u64;
-                    let undelivered = self.engine.borrow().pending_records() + waiting;
+                    let undelivered = self.engine.pending_records() + waiting;
                     tracing::warn!(
                         shard = self.settings.index,
                         undelivered,
@@ -229,7 +236,7 @@ impl Shell {
                     let error = Error::FlushTimeout { undelivered };
                     let metrics = self.settings.metrics.producer();
                     self.shared.fail_waiting(&error, &self.budget, metrics);
-                    self.engine.borrow_mut().fail_all(&error);
+                    self.engine.fail_all(&error);
                     self.deliver_resolved(now);
                     return;
                 }
@@ -238,7 +245,7 @@ impl Shell {
             let mut wake_at = [
                 waiting,
                 linger,
-                self.engine.borrow().poll_timeout(),
+                self.engine.poll_timeout(),
                 closing,
                 self.plan.next_deadline(now),
             ]
@@ -277,7 +284,7 @@ impl Shell {
             let mut accumulator = self.shared.accumulator();
             accumulator.seal_expired(now);
             accumulator.take_sealed(&mut self.sealed);
-            let mut engine = self.engine.borrow_mut();
+            let engine = &mut self.engine;
             for body in engine.take_spare_bodies() {
                 accumulator.recycle(body);
             }
@@ -288,7 +295,7 @@ impl Shell {
         };
         if !self.sealed.is_empty() {
             let dt_ms = unix_ms();
-            let mut engine = self.engine.borrow_mut();
+            let engine = &mut self.engine;
             for batch in self.sealed.drain(..) {
                 engine.enqueue(now, batch, dt_ms);
             }
@@ -305,12 +312,12 @@ impl Shell {
                 Ok(tasks) => match self.plan.connect_succeeded_at(id, now) {
                     Placement::Serve { slot, replaces } => {
                         tracing::debug!(shard = self.settings.index, conn = id, %endpoint, slot, "connected");
-                        self.engine.borrow_mut().add_conn(now, id, endpoint);
+                        self.engine.add_conn(now, id, endpoint);
                         self.settings.metrics.connections_delta(1);
                         self.conns.insert(id, tasks);
                         self.schedule_retirement(id, now);
                         if slot == 0 {
-                            self.engine.borrow_mut().prefer(id);
+                            self.engine.prefer(id);
                         }
                         if let Some(old) = replaces {
                             tracing::info!(
@@ -320,7 +327,7 @@ impl Shell {
                                 "moving a connection back to its preferred node"
                             );
                             self.retire_at.remove(&old);
-                            self.engine.borrow_mut().drain_conn(old, CloseReason::MovedHome);
+                            self.engine.drain_conn(old, CloseReason::MovedHome);
                         }
                     }
                     // Another connect got there first, or the node left the list.
@@ -334,10 +341,6 @@ impl Shell {
                 }
             }
         }
-        let lost = std::mem::take(&mut *self.lost.borrow_mut());
-        for Lost { conn, reason } in lost {
-            self.drop_conn(now, conn, &reason);
-        }
         let due: Vec<(ConnId, CloseReason)> = self
             .retire_at
             .iter()
@@ -348,7 +351,7 @@ impl Shell {
             self.drain(conn, reason);
         }
         if let Some(causes) = self.plan.take_connect_failures() {
-            self.engine.borrow_mut().set_connect_failures(causes);
+            self.engine.set_connect_failures(causes);
         }
     }
 
@@ -385,7 +388,7 @@ impl Shell {
     /// reconnects at once (to its preferred node, or else to the same one).
     fn drain(&mut self, conn: ConnId, reason: CloseReason) {
         self.retire_at.remove(&conn);
-        self.engine.borrow_mut().drain_conn(conn, reason);
+        self.engine.drain_conn(conn, reason);
         self.plan.released(conn);
     }
 
@@ -399,7 +402,7 @@ impl Shell {
         if let Some(code) = error_code {
             self.settings.metrics.error_event(code);
         }
-        self.engine.borrow_mut().conn_lost(now, conn, reason);
+        self.engine.conn_lost(now, conn, reason);
         self.retire_at.remove(&conn);
         // A connection that broke (not one we drained): its node is quarantined.
         if self.plan.lost(conn, now) {
@@ -412,7 +415,7 @@ impl Shell {
     /// to its preferred node through a probe connect: see [`Shell::handle_connections`].)
     fn rebalance(&mut self) {
         if let Some(primary) = self.plan.take_primary_swap() {
-            self.engine.borrow_mut().prefer(primary);
+            self.engine.prefer(primary);
         }
         for conn in self.plan.take_misplaced() {
             self.retire_at.remove(&conn);
@@ -421,7 +424,7 @@ impl Shell {
                 conn,
                 "moving a connection to another node"
             );
-            self.engine.borrow_mut().drain_conn(conn, CloseReason::Rebalanced);
+            self.engine.drain_conn(conn, CloseReason::Rebalanced);
         }
     }
 
@@ -429,13 +432,17 @@ impl Shell {
     fn reconnect(&mut self, now: Instant) {
         for attempt in self.plan.due_connects(now) {
             let (id, endpoint) = (attempt.id, attempt.endpoint);
+            // The new reader's buffer, from the engine's pool: reconnecting does not allocate.
+            if self.inbox.read_buffers.borrow().len() <= self.conns.len() {
+                let buf = self.engine.read_buffer();
+                self.inbox.read_buffers.borrow_mut().push(buf);
+            }
             let job = connect(
                 id,
                 endpoint,
                 SocketSettings::from(&self.settings),
-                self.engine.clone(),
                 self.shared.clone(),
-                self.lost.clone(),
+                self.inbox.clone(),
             );
             let connected = self.connected.clone();
             let shared = self.shared.clone();
@@ -448,21 +455,61 @@ impl Shell {
         }
     }
 
+    /// Hands the engine what the connections' tasks read and wrote since the last turn, in
+    /// order, and drops the connections that ended.
+    fn handle_io(&mut self, now: Instant) {
+        let mut reports = std::mem::take(&mut *self.inbox.reports.borrow_mut());
+        for io in reports.drain(..) {
+            match io {
+                ConnIo::Read { conn, mut buf } => {
+                    self.engine.on_bytes(now, conn, &buf);
+                    buf.clear();
+                    self.spare_read_buffer(buf);
+                }
+                ConnIo::Wrote { conn, buf } => self.engine.write_done(now, conn, buf),
+                ConnIo::ReadEnded { conn, reason, buf } => {
+                    self.spare_read_buffer(buf);
+                    self.drop_conn(now, conn, &reason);
+                }
+                ConnIo::WriteFailed { conn, reason, buf } => {
+                    self.engine.recycle_write_buffer(buf);
+                    self.drop_conn(now, conn, &reason);
+                }
+            }
+        }
+        // The (empty) report list goes back, so the tasks' pushes reuse its room.
+        let mut inbox = self.inbox.reports.borrow_mut();
+        if inbox.is_empty() {
+            *inbox = reports;
+        }
+    }
+
+    /// Keeps a read buffer for the readers' next reads: one per connection, the rest to the
+    /// engine's pool.
+    fn spare_read_buffer(&mut self, buf: Vec<u8>) {
+        let mut spares = self.inbox.read_buffers.borrow_mut();
+        if spares.len() <= self.conns.len() {
+            spares.push(buf);
+        } else {
+            self.engine.recycle_read_buffer(buf);
+        }
+    }
+
     /// Delivers every batch the engine resolved since the last turn (see [`deliver`]).
     fn deliver_resolved(&mut self, now: Instant) {
         loop {
-            let resolved = self.engine.borrow_mut().poll_resolved();
+            let resolved = self.engine.poll_resolved();
             let Some(mut resolved) = resolved else { break };
             // No engine borrow is held here: a callback may send, which only touches the
             // shared accumulator and wakes this shard.
             deliver(&mut resolved, &self.budget, &self.settings.metrics, now);
-            self.engine.borrow_mut().recycle(resolved);
+            self.engine.recycle(resolved);
         }
     }
 
     fn handle_events(&mut self, now: Instant) {
         loop {
-            let event = self.engine.borrow_mut().poll_event();
+            let event = self.engine.poll_event();
             match event {
                 Some(EngineEvent::CloseConn { conn, reason }) => self.drop_conn(now, conn, &reason),
                 None => break,
@@ -472,13 +519,13 @@ impl Shell {
 
     fn transmit(&mut self, now: Instant) {
         loop {
-            let transmit = self.engine.borrow_mut().poll_transmit(now);
+            let transmit = self.engine.poll_transmit(now);
             let Some(transmit) = transmit else { break };
             match self.conns.get(&transmit.conn) {
                 Some(tasks) => tasks.send(transmit.bytes),
                 None => {
                     // Raced with a close: the engine learns of the loss on the next turn.
-                    self.engine.borrow_mut().write_done(now, transmit.conn, transmit.bytes);
+                    self.engine.write_done(now, transmit.conn, transmit.bytes);
                 }
             }
         }

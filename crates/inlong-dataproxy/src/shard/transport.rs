@@ -1,6 +1,9 @@
 //! The thin transport layer under a shard: the compio runtime with the probed driver, one reader
 //! task and one writer task per connection, and the shard's sleep.
 //!
+//! The tasks never touch the engine: they report what their socket did ([`ConnIo`]) to the
+//! shard's inbox and wake the shard, whose loop alone drives the engine.
+//!
 //! The same code runs on io_uring and on epoll; only the runtime's driver differs. Rings are kept
 //! small (256 entries) and no buffers are registered, so unprivileged users are not charged locked
 //! memory.
@@ -23,7 +26,7 @@ use compio::runtime::{JoinHandle, Runtime};
 
 use super::{ShardSettings, ShardShared};
 use crate::config::Transport;
-use crate::engine::{CloseReason, ConnId, ShardEngine};
+use crate::engine::{CloseReason, ConnId};
 use crate::error::Error;
 
 /// The I/O driver every shard of a producer uses.
@@ -90,11 +93,33 @@ pub fn probe_driver(requested: Transport) -> Result<Driver, Error> {
     }
 }
 
-/// A connection that ended, reported by its reader or writer task.
+/// What a connection's reader or writer task saw, in the order it saw it.
 #[derive(Debug)]
-pub(super) struct Lost {
-    pub conn: ConnId,
-    pub reason: CloseReason,
+pub(super) enum ConnIo {
+    /// Bytes read. The shell hands them to the engine, then the buffer to the next read.
+    Read { conn: ConnId, buf: Vec<u8> },
+    /// A write finished: the buffer goes back to the engine.
+    Wrote { conn: ConnId, buf: Vec<u8> },
+    /// The reader ended (end of file or a failed read); its buffer goes back to the pool.
+    ReadEnded { conn: ConnId, reason: CloseReason, buf: Vec<u8> },
+    /// A write failed; its buffer goes back to the engine.
+    WriteFailed { conn: ConnId, reason: CloseReason, buf: Vec<u8> },
+}
+
+/// The shard's inbox of [`ConnIo`] reports, and the read buffers its readers read into next.
+#[derive(Default)]
+pub(super) struct Inbox {
+    pub reports: RefCell<Vec<ConnIo>>,
+    /// Emptied read buffers; a reader that finds none allocates (one buffer per reader in
+    /// flight at most, so this holds about one per connection).
+    pub read_buffers: RefCell<Vec<Vec<u8>>>,
+}
+
+impl Inbox {
+    fn report(&self, shared: &ShardShared, io: ConnIo) {
+        self.reports.borrow_mut().push(io);
+        shared.notify();
+    }
 }
 
 /// The writer task's single slot: the engine hands out one buffer per connection at a time.
@@ -147,6 +172,8 @@ pub(super) struct SocketSettings {
     pub conn_timeout: std::time::Duration,
     pub send_buffer: usize,
     pub recv_buffer: usize,
+    /// The capacity of a read buffer the reader allocates when the shard has none spare.
+    pub read_buffer: usize,
 }
 
 impl From<&ShardSettings> for SocketSettings {
@@ -155,6 +182,7 @@ impl From<&ShardSettings> for SocketSettings {
             conn_timeout: settings.conn_timeout,
             send_buffer: settings.socket_send_buffer_size,
             recv_buffer: settings.socket_recv_buffer_size,
+            read_buffer: settings.engine.read_buffer_size.max(1),
         }
     }
 }
@@ -164,9 +192,8 @@ pub(super) async fn connect(
     id: ConnId,
     endpoint: SocketAddr,
     settings: SocketSettings,
-    engine: Rc<RefCell<ShardEngine>>,
     shared: Arc<ShardShared>,
-    lost: Rc<RefCell<Vec<Lost>>>,
+    inbox: Rc<Inbox>,
 ) -> std::io::Result<ConnTasks> {
     {
         let stream = match compio::time::timeout(
@@ -195,12 +222,12 @@ pub(super) async fn connect(
         let reader = compio::runtime::spawn(read_loop(
             id,
             read_half,
-            engine.clone(),
+            settings.read_buffer,
             shared.clone(),
-            lost.clone(),
+            inbox.clone(),
         ));
         let writer =
-            compio::runtime::spawn(write_loop(id, write_half, slot.clone(), engine, shared, lost));
+            compio::runtime::spawn(write_loop(id, write_half, slot.clone(), shared, inbox));
         Ok(ConnTasks { endpoint, slot, socket, reader: Some(reader), writer: Some(writer) })
     }
 }
@@ -208,12 +235,15 @@ pub(super) async fn connect(
 async fn read_loop(
     id: ConnId,
     mut stream: TcpStream,
-    engine: Rc<RefCell<ShardEngine>>,
+    capacity: usize,
     shared: Arc<ShardShared>,
-    lost: Rc<RefCell<Vec<Lost>>>,
+    inbox: Rc<Inbox>,
 ) {
-    // From the shard's pool and back to it: reconnecting does not allocate a new buffer.
-    let mut buf = engine.borrow_mut().read_buffer();
+    let next_buffer = || {
+        let spare = inbox.read_buffers.borrow_mut().pop();
+        spare.unwrap_or_else(|| Vec::with_capacity(capacity))
+    };
+    let mut buf = next_buffer();
     let reason = loop {
         buf.clear();
         let BufResult(result, returned) = stream.read(buf).await;
@@ -221,24 +251,21 @@ async fn read_loop(
         match result {
             Ok(0) => break CloseReason::ClosedByPeer,
             Ok(_) => {
-                engine.borrow_mut().on_bytes(Instant::now(), id, &buf);
-                shared.notify();
+                inbox.report(&shared, ConnIo::Read { conn: id, buf });
+                buf = next_buffer();
             }
             Err(error) => break CloseReason::ReadFailed(error.to_string().into()),
         }
     };
-    engine.borrow_mut().recycle_read_buffer(buf);
-    lost.borrow_mut().push(Lost { conn: id, reason });
-    shared.notify();
+    inbox.report(&shared, ConnIo::ReadEnded { conn: id, reason, buf });
 }
 
 async fn write_loop(
     id: ConnId,
     mut stream: TcpStream,
     slot: Rc<WriteSlot>,
-    engine: Rc<RefCell<ShardEngine>>,
     shared: Arc<ShardShared>,
-    lost: Rc<RefCell<Vec<Lost>>>,
+    inbox: Rc<Inbox>,
 ) {
     loop {
         let bytes = std::future::poll_fn(|cx| {
@@ -255,17 +282,12 @@ async fn write_loop(
         })
         .await;
         let Some(bytes) = bytes else { return };
-        let BufResult(result, bytes) = stream.write_all(bytes).await;
+        let BufResult(result, buf) = stream.write_all(bytes).await;
         match result {
-            Ok(()) => {
-                engine.borrow_mut().write_done(Instant::now(), id, bytes);
-                shared.notify();
-            }
+            Ok(()) => inbox.report(&shared, ConnIo::Wrote { conn: id, buf }),
             Err(error) => {
-                engine.borrow_mut().recycle_write_buffer(bytes);
                 let reason = CloseReason::WriteFailed(error.to_string().into());
-                lost.borrow_mut().push(Lost { conn: id, reason });
-                shared.notify();
+                inbox.report(&shared, ConnIo::WriteFailed { conn: id, reason, buf });
                 return;
             }
         }

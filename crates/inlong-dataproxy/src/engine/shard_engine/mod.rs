@@ -309,8 +309,13 @@ impl std::fmt::Debug for ShardEngine {
 }
 
 impl ShardEngine {
-    /// An engine with no batches and no connections.
-    pub fn new(config: EngineConfig, frames: Arc<FramePool>, metrics: ShardMetrics) -> ShardEngine {
+    /// An engine with no batches and no connections, made at `now`.
+    pub fn new(
+        now: Instant,
+        config: EngineConfig,
+        frames: Arc<FramePool>,
+        metrics: ShardMetrics,
+    ) -> ShardEngine {
         let mut encoder = FrameEncoder::new();
         encoder.set_compression(config.compression);
         let rng = config.seed | 1;
@@ -324,8 +329,9 @@ impl ShardEngine {
         let idle_completion = BatchCompletion::new();
         let delivery_timeout = Self::delivery_timeout_of(&config);
         let mut spare_inflight = resident_vec(inflight_capacity);
-        spare_inflight
-            .extend((0..inflight_capacity).map(|_| Box::new(Inflight::idle(&idle_completion))));
+        spare_inflight.extend(
+            (0..inflight_capacity).map(|_| Box::new(Inflight::idle(&idle_completion, now))),
+        );
         ShardEngine {
             config,
             encoder,
@@ -1250,7 +1256,7 @@ impl ShardEngine {
 
 impl Inflight {
     /// An entry holding no batch, for [`ShardEngine::recycle_inflight`]'s spares.
-    fn idle(completion: &Arc<BatchCompletion>) -> Inflight {
+    fn idle(completion: &Arc<BatchCompletion>, now: Instant) -> Inflight {
         Inflight {
             frame: Vec::new(),
             records: 0,
@@ -1262,7 +1268,7 @@ impl Inflight {
             state: BatchState::Backoff,
             last_conn: None,
             last_error: None,
-            opened_at: Instant::now(),
+            opened_at: now,
             stream_id: StreamId::from(""),
         }
     }

@@ -104,6 +104,7 @@ impl Harness {
         Harness {
             engine: TestShell {
                 engine: ShardEngine::new(
+                    Instant::now(),
                     config,
                     Arc::new(FramePool::new(1 << 20)),
                     crate::metrics::ShardMetrics::detached(),
