@@ -25,7 +25,7 @@ use crate::discovery::AuthProvider;
 use crate::engine::{BatchAccumulator, BatchLimits, EngineConfig};
 use crate::error::Error;
 use crate::metrics::{MetricsRegistry, ProducerMetrics, ShardMetrics};
-use crate::protocol::AddColumns;
+use crate::protocol::{AddColumns, FrameBudget};
 use crate::record::Record;
 use crate::shard::{self, Command, Driver, ShardSettings, ShardShared, Waiting};
 
@@ -293,21 +293,17 @@ impl Producer {
         let mid_prefix = format!("{:x}-", unique_tag());
         let budget =
             Arc::new(PendingBudget::new(config.max_pending_messages, config.max_pending_bytes));
-        // Everything in the attributes but the stream ID, at its largest.
-        let attr_overhead = "groupId=&streamId=&dt=&mid=&sid=&wid=&cnt=&cp=snappy".len()
-            + config.group_id.len()
-            + 20
-            + 2 * (mid_prefix.len() + 20)
-            + 10
-            + 10
-            + add_columns.as_str().len();
         let limits = BatchLimits {
             max_messages: u32::try_from(config.batching_max_messages).unwrap_or(u32::MAX),
             max_payload_bytes: config.batching_max_size,
             linger: config.batching_max_publish_delay,
-            max_frame_len: config.max_packet_length,
-            attr_overhead,
-            compression: config.compression,
+            frame: FrameBudget::new(
+                config.max_packet_length,
+                &config.group_id,
+                mid_prefix.len(),
+                &add_columns,
+                config.compression,
+            ),
         };
         let cores = if config.pin_shards {
             core_affinity::get_core_ids().unwrap_or_default()

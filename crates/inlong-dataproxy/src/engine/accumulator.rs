@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use crate::buffers::FramePool;
 use crate::completion::{BatchCompletion, Callback};
 use crate::error::{Error, Field};
-use crate::protocol::{self, BatchBody, COMPRESS_THRESHOLD, TEXT_FRAME_OVERHEAD};
+use crate::protocol::{self, BatchBody, FrameBudget, COMPRESS_THRESHOLD};
 use crate::record::StreamId;
 
 /// Spare bodies kept per shard, at most: enough for the batches sealed between two wake-ups of a
@@ -38,37 +38,8 @@ pub struct BatchLimits {
     pub max_payload_bytes: usize,
     /// `batching_max_publish_delay`.
     pub linger: Duration,
-    /// The frame size limit (`4 + totalLen`).
-    pub max_frame_len: usize,
-    /// Upper bound of the attribute string without the stream ID (group, `dt`, `mid`/`sid`,
-    /// `wid`, `cnt`, `cp`, add-columns).
-    pub attr_overhead: usize,
-    /// Whether bodies over 256 bytes are compressed (the worst case then is Snappy's bound).
-    pub compression: bool,
-}
-
-impl BatchLimits {
-    /// The largest uncompressed body whose frame, in the worst case, fits the frame limit.
-    pub fn max_body_len(&self, stream_len: usize) -> usize {
-        let fixed = TEXT_FRAME_OVERHEAD + self.attr_overhead + stream_len;
-        let Some(room) = self.max_frame_len.checked_sub(fixed) else { return 0 };
-        let worst = |body: usize| {
-            if self.compression && body > COMPRESS_THRESHOLD {
-                snap::raw::max_compress_len(body).max(body)
-            } else {
-                body
-            }
-        };
-        if worst(room) <= room {
-            return room;
-        }
-        // Snappy's bound is 32 + n + n/6: start just under the inverse and walk down.
-        let mut body = (room.saturating_sub(32)) * 6 / 7 + 1;
-        while body > 0 && worst(body) > room {
-            body -= 1;
-        }
-        body.max(room.min(COMPRESS_THRESHOLD))
-    }
+    /// How large a body may grow under the frame limit.
+    pub frame: FrameBudget,
 }
 
 /// A multiply-rotate hash (as rustc's `FxHasher`) for the open-batch map: SipHash cost ~4 % of
@@ -249,15 +220,15 @@ impl BatchAccumulator {
         // Sealed to make room; the new batch below wakes the shard anyway.
         self.seal(stream);
         protocol::validate_id(Field::StreamId, stream)?;
-        let max_body_len = self.limits.max_body_len(stream.len());
+        let max_body_len = self.limits.frame.max_body_len(stream.len());
         if entry_len > max_body_len {
             // `entry_len` is the payload, less a trailing newline, plus its 4-byte length.
             let newline = usize::from(payload.ends_with(b"\n"));
             return Err(Error::RecordTooLong {
                 record_len: payload.len(),
                 max_record_len: (max_body_len + newline).saturating_sub(4),
-                max_frame_len: self.limits.max_frame_len,
-                compressed: self.limits.compression && max_body_len > COMPRESS_THRESHOLD,
+                max_frame_len: self.limits.frame.max_frame_len(),
+                compressed: self.limits.frame.compression() && max_body_len > COMPRESS_THRESHOLD,
             });
         }
         // A new body starts at the size of the last sealed one, so it does not grow by doubling
@@ -451,9 +422,7 @@ mod tests {
             max_messages: 3,
             max_payload_bytes: 100,
             linger: Duration::from_millis(20),
-            max_frame_len: 4096,
-            attr_overhead: 120,
-            compression: true,
+            frame: FrameBudget::new(4096, "g", 20, &Default::default(), true),
         }
     }
 
@@ -514,7 +483,7 @@ mod tests {
             ..limits()
         });
         let now = Instant::now();
-        let max = limits().max_body_len(1);
+        let max = limits().frame.max_body_len(1);
         let record = vec![b'r'; max / 2];
         acc.append(now, &stream("s"), &record, &mut None).unwrap();
         acc.append(now, &stream("s"), &record, &mut None).unwrap();
@@ -528,7 +497,7 @@ mod tests {
             panic!("{err:?}")
         };
         assert_eq!((record_len, max_frame_len), (5000, 4096));
-        assert_eq!(max_record_len, limits().max_body_len(1) - 4);
+        assert_eq!(max_record_len, limits().frame.max_body_len(1) - 4);
         // The largest record the error names is taken; one byte more is not.
         let mut fresh = BatchAccumulator::new(limits());
         let fits = vec![b'f'; max_record_len];
@@ -538,18 +507,6 @@ mod tests {
             fresh.append(now, &stream("s"), &over, &mut None),
             Err(Error::RecordTooLong { .. })
         ));
-    }
-
-    #[test]
-    fn worst_case_body_fits_the_frame() {
-        for max_frame_len in [1024usize, 4096, 65_536, 524_288] {
-            let limits = BatchLimits { max_frame_len, ..limits() };
-            let body = limits.max_body_len(10);
-            let worst = snap::raw::max_compress_len(body).max(body);
-            assert!(TEXT_FRAME_OVERHEAD + 130 + worst <= max_frame_len, "{max_frame_len}");
-            let room = max_frame_len - TEXT_FRAME_OVERHEAD - 130;
-            assert!(body + 2 >= (room - 32) * 6 / 7, "{max_frame_len}: {body} wastes room");
-        }
     }
 
     #[test]

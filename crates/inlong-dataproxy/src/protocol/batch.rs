@@ -126,6 +126,82 @@ pub struct EncodedFrame {
     pub count: u32,
 }
 
+/// The frame budget of a producer: how large a batch body may grow so that its frame, in the
+/// worst case, stays under the frame limit. All frame-size arithmetic lives here: the
+/// accumulator seals on [`FrameBudget::max_body_len`], and [`Error::RecordTooLong`] names it.
+///
+/// The worst case is every variable attribute at its longest (`dt`, the batch number in `mid`
+/// and `sid`, `wid` and `cnt` at their most digits, `cp=snappy`) and, with compression on, a
+/// body Snappy cannot shrink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameBudget {
+    max_frame_len: usize,
+    /// The attribute string without the stream ID, at its longest.
+    attr_overhead: usize,
+    compression: bool,
+}
+
+impl FrameBudget {
+    /// The budget of frames of `group_id` whose `mid`s start with `mid_prefix_len` bytes, with
+    /// these add-columns, under `max_frame_len` (`4 + totalLen`).
+    pub fn new(
+        max_frame_len: usize,
+        group_id: &str,
+        mid_prefix_len: usize,
+        add_columns: &AddColumns,
+        compression: bool,
+    ) -> FrameBudget {
+        const U64_DIGITS: usize = 20;
+        const U32_DIGITS: usize = 10;
+        let attr_overhead = "groupId=&streamId=&dt=&mid=&sid=&wid=&cnt=&cp=snappy".len()
+            + group_id.len()
+            + U64_DIGITS
+            + 2 * (mid_prefix_len + U64_DIGITS)
+            + 2 * U32_DIGITS
+            + add_columns.as_str().len();
+        FrameBudget { max_frame_len, attr_overhead, compression }
+    }
+
+    /// The frame limit.
+    pub fn max_frame_len(&self) -> usize {
+        self.max_frame_len
+    }
+
+    /// Whether bodies over [`COMPRESS_THRESHOLD`] bytes are compressed.
+    pub fn compression(&self) -> bool {
+        self.compression
+    }
+
+    /// The largest frame a body of `body_len` bytes of a stream ID of `stream_len` bytes can
+    /// produce.
+    pub fn worst_case_frame_len(&self, stream_len: usize, body_len: usize) -> usize {
+        TEXT_FRAME_OVERHEAD + self.attr_overhead + stream_len + self.worst_body(body_len)
+    }
+
+    fn worst_body(&self, body: usize) -> usize {
+        if self.compression && body > COMPRESS_THRESHOLD {
+            snap::raw::max_compress_len(body).max(body)
+        } else {
+            body
+        }
+    }
+
+    /// The largest uncompressed body whose frame, in the worst case, fits the frame limit.
+    pub fn max_body_len(&self, stream_len: usize) -> usize {
+        let fixed = TEXT_FRAME_OVERHEAD + self.attr_overhead + stream_len;
+        let Some(room) = self.max_frame_len.checked_sub(fixed) else { return 0 };
+        if self.worst_body(room) <= room {
+            return room;
+        }
+        // Snappy's bound is 32 + n + n/6: start just under the inverse and walk down.
+        let mut body = (room.saturating_sub(32)) * 6 / 7 + 1;
+        while body > 0 && self.worst_body(body) > room {
+            body -= 1;
+        }
+        body.max(room.min(COMPRESS_THRESHOLD))
+    }
+}
+
 /// Encodes sealed batch bodies into msgType 5 frames. Holds the reusable Snappy encoder state.
 #[derive(Debug)]
 pub struct FrameEncoder {
@@ -155,22 +231,6 @@ impl FrameEncoder {
     /// Whether a body of `body_len` uncompressed bytes will be compressed.
     pub fn compresses(&self, body_len: usize) -> bool {
         self.compression && body_len > COMPRESS_THRESHOLD
-    }
-
-    /// The largest frame a body of `body_len` bytes and `count` records could produce with this
-    /// header: exact for uncompressed bodies, Snappy's worst case for compressed ones. An engine
-    /// that keeps this under the limit never sees [`Error::TooLong`] from [`FrameEncoder::encode`].
-    pub fn worst_case_frame_len(
-        &self,
-        header: &BatchHeader<'_>,
-        count: u32,
-        body_len: usize,
-        add_columns: &AddColumns,
-    ) -> usize {
-        let compressed = self.compresses(body_len);
-        let wire_body =
-            if compressed { snap::raw::max_compress_len(body_len).max(body_len) } else { body_len };
-        TEXT_FRAME_OVERHEAD + wire_body + attr_len(header, count, compressed, add_columns)
     }
 
     /// Appends the frame for `body` to `out`, growing `out` by exactly the frame's length when
@@ -527,20 +587,18 @@ mod tests {
     }
 
     #[test]
-    fn worst_case_bounds_the_real_frame() {
-        let encoder = FrameEncoder::new();
+    fn the_frame_budget_bounds_the_real_frame() {
         let cols = AddColumns::new([("k", "v")], "ip").unwrap();
+        // `HEADER`'s mid, "0000-fixed", is a 5-byte prefix and a batch number.
+        let budget = FrameBudget::new(usize::MAX, HEADER.group_id, 5, &cols, true);
         for size in [1usize, 100, 252, 253, 1000, 40_000] {
             let mut body = BatchBody::new();
             body.push(&v4_payload().repeat(size / 300 + 1)[..size]).unwrap();
             let mut out = Vec::new();
             let frame =
                 FrameEncoder::new().encode(&HEADER, &body, &cols, usize::MAX, &mut out).unwrap();
-            let bound = encoder.worst_case_frame_len(&HEADER, 1, body.len(), &cols);
+            let bound = budget.worst_case_frame_len(HEADER.stream_id.len(), body.len());
             assert!(frame.frame_len <= bound, "{size}: {} > {bound}", frame.frame_len);
-            if !frame.compressed {
-                assert_eq!(frame.frame_len, bound);
-            }
         }
     }
 
@@ -555,5 +613,63 @@ mod tests {
         body.clear();
         assert!(body.is_empty());
         assert_eq!(body.len(), 0);
+    }
+}
+
+#[cfg(test)]
+mod budget_tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[test]
+    fn max_body_len_fills_the_frame_without_wasting_room() {
+        for max_frame_len in [1024usize, 4096, 65_536, 524_288] {
+            let budget = FrameBudget::new(max_frame_len, "g", 20, &AddColumns::default(), true);
+            let body = budget.max_body_len(10);
+            assert!(budget.worst_case_frame_len(10, body) <= max_frame_len, "{max_frame_len}");
+            let room = max_frame_len - budget.worst_case_frame_len(10, 0);
+            assert!(body + 2 >= (room - 32) * 6 / 7, "{max_frame_len}: {body} wastes room");
+        }
+    }
+
+    proptest! {
+        /// A body of `max_body_len` incompressible bytes, with every variable attribute at its
+        /// longest, still fits the frame limit, for any limit, group, stream and add-columns.
+        #[test]
+        fn a_body_of_max_body_len_fits_the_limit(
+            max_frame_len in 256usize..200_000,
+            group in "[a-z]{1,40}",
+            stream in "[a-z]{1,40}",
+            column in "[a-z]{1,30}",
+            compression: bool,
+        ) {
+            let cols = AddColumns::new([("col", column.as_str())], "ip").unwrap();
+            let prefix = "9f3c2a1b-";
+            let budget = FrameBudget::new(max_frame_len, &group, prefix.len(), &cols, compression);
+            let body_len = budget.max_body_len(stream.len());
+            prop_assume!(body_len > 4);
+            // Random bytes: Snappy's worst case.
+            let mut payload = vec![0u8; body_len - 4];
+            proptest::test_runner::TestRng::deterministic_rng(
+                proptest::test_runner::RngAlgorithm::ChaCha,
+            )
+            .fill_bytes(&mut payload);
+            let mut body = BatchBody::new();
+            body.push(&payload).unwrap();
+            let mid = format!("{prefix}{}", u64::MAX);
+            let header = BatchHeader {
+                group_id: &group,
+                stream_id: &stream,
+                dt_ms: u64::MAX,
+                mid: &mid,
+                wid: u32::MAX,
+            };
+            let mut encoder = FrameEncoder::new();
+            encoder.set_compression(compression);
+            let mut out = Vec::new();
+            let frame = encoder.encode(&header, &body, &cols, max_frame_len, &mut out);
+            prop_assert!(frame.is_ok(), "{frame:?}");
+        }
     }
 }

@@ -20,7 +20,7 @@ mod batch;
 mod reply;
 
 pub use attrs::{validate_id, validate_payload, AddColumns, RESERVED_ATTR_KEYS};
-pub use batch::{BatchBody, BatchHeader, EncodedFrame, FrameEncoder};
+pub use batch::{BatchBody, BatchHeader, EncodedFrame, FrameBudget, FrameEncoder};
 pub use reply::{decode_reply, frame_len, split_frame, BatchReply, FrameError, Reply};
 
 /// Message type of the Go SDK's heartbeat (`MSG_HEARTBEAT`).

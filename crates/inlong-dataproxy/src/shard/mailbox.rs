@@ -356,9 +356,7 @@ mod tests {
             max_messages: 10,
             max_payload_bytes: 1000,
             linger: Duration::from_millis(20),
-            max_frame_len: 4096,
-            attr_overhead: 120,
-            compression: false,
+            frame: crate::protocol::FrameBudget::new(4096, "g", 20, &Default::default(), false),
         };
         ShardShared::new(BatchAccumulator::new(limits), 1)
     }
