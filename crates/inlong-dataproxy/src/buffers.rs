@@ -1,5 +1,7 @@
 //! Byte buffers a shard keeps for reuse, so that its memory after the first backlog stays flat.
 //!
+//! - [`CapacityPlan`]: how much of everything below a shard reserves and keeps, computed once
+//!   from the options.
 //! - [`BufferPool`]: buffers of one fixed capacity (the write buffer a connection's frames are
 //!   coalesced into, the reply read buffer), allocated when the shard starts. Every buffer it
 //!   hands out has exactly the pool's capacity and the engine never grows one, so a backlog
@@ -15,6 +17,89 @@
 //! took new ones.
 
 use std::sync::{Mutex, MutexGuard};
+
+use crate::config::ProducerConfig;
+
+/// How much memory a shard reserves up front and keeps for reuse: computed once from the
+/// producer's options ([`CapacityPlan::new`]) and read by every pool, queue and spare list, so
+/// that a backlog takes what is already there instead of going through the allocator.
+///
+/// Why up front: the soak (`perf/soak.rs`) saw the RSS creep up while the live heap stayed flat
+/// whenever memory arrived with the first bursts that needed it (spread over the allocator's
+/// arenas) or was freed after each burst (fragmenting them). Each number below says what it was
+/// sized against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CapacityPlan {
+    /// The pending budget's worth of full batches (`max_pending_messages /
+    /// batching_max_messages`, 16..65 536): in-flight entries, completions and sealed-batch
+    /// slots made at the start and kept at most.
+    pub batches: usize,
+    /// Room of the send queues, the delivery deadlines, the backoff heap and each connection's
+    /// sent-batch queue: twice `batches`, since batches sealed by linger hold fewer records and
+    /// in the soak one shard held more than a budget's worth of full batches (the other shard's
+    /// node was down and its records acked, leaving it the whole budget).
+    pub queue_len: usize,
+    /// A connection's write buffer: `min(write_buffer_size, 256 KiB)` bytes, never grown (one
+    /// frame larger than that goes out alone), so a backlog is written in chunks of this size
+    /// rather than through an ever larger buffer.
+    pub write_buffer_len: usize,
+    /// Write buffers a shard holds from its start, in use (two per connection: one being
+    /// filled, one being written) or kept: enough for four connections, so connections that
+    /// come and go while nodes restart take kept buffers (the soak's RSS moved by megabytes
+    /// with them).
+    pub write_buffers: usize,
+    /// A connection's reply read buffer: `read_buffer_size` clamped to 4 KiB..256 KiB (replies
+    /// are ~40 bytes; the buffers are resident).
+    pub read_buffer_len: usize,
+    /// Reply read buffers a shard holds, in use or kept for the connections it opens next.
+    pub read_buffers: usize,
+    /// Connections' partial-reply buffers and queues made at the start: two connections and a
+    /// third that replaces one before it is retired (made later, it appeared minutes into the
+    /// soak, 128 KiB at once).
+    pub start_conn_parts: usize,
+    /// Lost connections' buffers and queues kept for the next connections.
+    pub spare_conn_parts: usize,
+    /// Emptied batch bodies a shard keeps (a 40-record batch freed and allocated one body per
+    /// batch at 2 M records/s, which fragments the heap) ...
+    pub spare_bodies: usize,
+    /// ... and their bytes at most (25 bodies of the default 40 KiB; with 4 MiB the spares kept
+    /// filling up for minutes after the warm-up, growth of their own).
+    pub spare_body_bytes: usize,
+    /// The frame pool's bytes for all shards at most: the pending budget's bytes.
+    pub frame_pool_bytes: usize,
+}
+
+impl CapacityPlan {
+    /// The plan for these options (already validated).
+    pub fn new(config: &ProducerConfig) -> CapacityPlan {
+        let batches =
+            (config.max_pending_messages / config.batching_max_messages.max(1)).clamp(16, 1 << 16);
+        CapacityPlan {
+            batches,
+            write_buffer_len: config.write_buffer_size.clamp(1, 256 << 10),
+            read_buffer_len: config.read_buffer_size.clamp(4096, 256 << 10),
+            frame_pool_bytes: config.max_pending_bytes,
+            ..CapacityPlan::for_batches(batches)
+        }
+    }
+
+    /// The plan's fixed counts, for `batches` full batches (buffer sizes at their defaults).
+    pub fn for_batches(batches: usize) -> CapacityPlan {
+        CapacityPlan {
+            batches,
+            queue_len: batches * 2,
+            write_buffer_len: 256 << 10,
+            write_buffers: 8,
+            read_buffer_len: 256 << 10,
+            read_buffers: 3,
+            start_conn_parts: 3,
+            spare_conn_parts: 4,
+            spare_bodies: 1024,
+            spare_body_bytes: 1 << 20,
+            frame_pool_bytes: 64 << 20,
+        }
+    }
+}
 
 /// See the module docs.
 #[derive(Debug)]

@@ -17,7 +17,7 @@ use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
 use crate::budget::PendingBudget;
-use crate::buffers::FramePool;
+use crate::buffers::{CapacityPlan, FramePool};
 use crate::completion::{run_callback, BatchCompletion, Callback, DeliveryReport};
 use crate::config::{ProducerConfig, Secret, Transport};
 use crate::control::{self, ControlThread};
@@ -310,19 +310,17 @@ impl Producer {
         } else {
             Vec::new()
         };
+        // What every shard reserves and keeps, computed once.
+        let plan = CapacityPlan::new(&config);
         // One pool of frame buffers for all shards, as the pending budget is one for all.
-        let frames = Arc::new(FramePool::new(config.max_pending_bytes));
-        // Full batches the pending budget holds: what the queues are sized for up front.
-        let inflight_capacity =
-            (config.max_pending_messages / config.batching_max_messages).clamp(16, 1 << 16);
+        let frames = Arc::new(FramePool::new(plan.frame_pool_bytes));
         let mut shards = Vec::with_capacity(config.shards);
         let mut threads = Vec::with_capacity(config.shards);
         let mut shard_metrics = Vec::with_capacity(config.shards);
         let refresh_now = Arc::new(tokio::sync::Notify::new());
         for index in 0..config.shards {
             let mut accumulator = BatchAccumulator::new(limits);
-            accumulator.reserve_sealed(inflight_capacity);
-            accumulator.keep_completions(inflight_capacity);
+            accumulator.reserve(&plan);
             accumulator.share_pool(frames.clone());
             let shared =
                 Arc::new(ShardShared::new(accumulator, shard::shard_key(producer_id, index)));
@@ -342,10 +340,7 @@ impl Producer {
                     max_frame_len: config.max_packet_length,
                     heartbeat_interval: config.heartbeat_interval,
                     heartbeat_timeout: config.heartbeat_timeout,
-                    write_buffer_size: config.write_buffer_size,
-                    // Replies are ~40 bytes: 256 KiB holds thousands; the buffers are resident.
-                    read_buffer_size: config.read_buffer_size.clamp(4096, 256 << 10),
-                    inflight_capacity,
+                    plan,
                     compression: config.compression,
                     add_columns: add_columns.clone(),
                     seed: unique_tag() ^ index as u64,

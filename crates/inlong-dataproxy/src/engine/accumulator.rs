@@ -14,20 +14,11 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::buffers::FramePool;
+use crate::buffers::{CapacityPlan, FramePool};
 use crate::completion::{BatchCompletion, Callback};
 use crate::error::{Error, Field};
 use crate::protocol::{self, BatchBody, FrameBudget, COMPRESS_THRESHOLD};
 use crate::record::StreamId;
-
-/// Spare bodies kept per shard, at most: enough for the batches sealed between two wake-ups of a
-/// busy shard (bodies come back only when it takes the next sealed ones). With 64 the soak
-/// allocated and freed a body for one batch in 40 at 2 M records/s, which fragments the heap.
-pub(crate) const SPARE_BODIES: usize = 1024;
-/// Bytes of spare bodies kept per shard, at most (1 MiB: 25 bodies of the default 40 KiB
-/// `batching_max_size`, 200 of the soak's 5 KiB). With 4 MiB the spares kept filling up for
-/// minutes after the warm-up (live heap +2 MB in the soak), which is growth of its own.
-const SPARE_BODY_BYTES: usize = 1 << 20;
 
 /// Limits a batch is sealed on.
 #[derive(Debug, Clone, Copy)]
@@ -125,6 +116,9 @@ pub struct BatchAccumulator {
     completions_kept: usize,
     /// Capacity of the spare bodies, in bytes.
     spare_bytes: usize,
+    /// Spare bodies kept at most, and their bytes ([`CapacityPlan`]).
+    max_spare_bodies: usize,
+    max_spare_bytes: usize,
     /// Length of the last body sealed: the capacity new bodies start with.
     last_body_len: usize,
     closed: bool,
@@ -152,6 +146,8 @@ impl BatchAccumulator {
             spare_completions: Vec::new(),
             completions_kept: 0,
             spare_bytes: 0,
+            max_spare_bodies: CapacityPlan::for_batches(0).spare_bodies,
+            max_spare_bytes: CapacityPlan::for_batches(0).spare_body_bytes,
             last_body_len: 0,
             closed: false,
             appended: 0,
@@ -328,7 +324,16 @@ impl BatchAccumulator {
     /// Gives the queue of sealed batches room for `batches` up front, its pages resident (see
     /// [`resident_vec`](crate::buffers::resident_vec)): a backlog of sealed batches then does not
     /// grow it by doubling.
-    pub fn reserve_sealed(&mut self, batches: usize) {
+    /// Reserves and keeps what `plan` says: room for its batches' sealed slots and completions,
+    /// and at most its spare bodies.
+    pub fn reserve(&mut self, plan: &CapacityPlan) {
+        self.reserve_sealed(plan.batches);
+        self.keep_completions(plan.batches);
+        self.max_spare_bodies = plan.spare_bodies;
+        self.max_spare_bytes = plan.spare_body_bytes;
+    }
+
+    fn reserve_sealed(&mut self, batches: usize) {
         if self.sealed.capacity() < batches {
             let mut sealed = crate::buffers::resident_vec(batches);
             sealed.append(&mut self.sealed);
@@ -340,7 +345,7 @@ impl BatchAccumulator {
     /// batches ([`BatchAccumulator::recycle_completion`]): a backlog of that many batches then
     /// allocates none, and the memory is there from the start rather than left behind, spread
     /// over the allocator's arenas, by the first bursts that needed it.
-    pub fn keep_completions(&mut self, batches: usize) {
+    fn keep_completions(&mut self, batches: usize) {
         self.spare_completions = crate::buffers::resident_vec(batches);
         self.spare_completions.extend((0..batches).map(|_| BatchCompletion::new()));
         self.completions_kept = batches;
@@ -372,10 +377,11 @@ impl BatchAccumulator {
     }
 
     /// Gives an emptied body back for reuse: kept while the spares hold at most
-    /// `SPARE_BODY_BYTES` (and `SPARE_BODIES` bodies), given to the shared pool otherwise.
+    /// the plan's `spare_body_bytes` (and `spare_bodies` bodies), given to the shared pool otherwise.
     pub fn recycle(&mut self, mut body: BatchBody) {
         let capacity = body.capacity();
-        if self.spare_bodies.len() < SPARE_BODIES && self.spare_bytes + capacity <= SPARE_BODY_BYTES
+        if self.spare_bodies.len() < self.max_spare_bodies
+            && self.spare_bytes + capacity <= self.max_spare_bytes
         {
             body.clear();
             self.spare_bytes += capacity;
@@ -541,19 +547,21 @@ mod tests {
     #[test]
     fn spare_bodies_are_bounded_in_count_and_bytes() {
         let mut acc = BatchAccumulator::new(limits());
-        for _ in 0..SPARE_BODIES + 10 {
+        for _ in 0..CapacityPlan::for_batches(0).spare_bodies + 10 {
             acc.recycle(BatchBody::with_capacity(16));
         }
-        assert_eq!(acc.spare_bodies(), SPARE_BODIES);
+        assert_eq!(acc.spare_bodies(), CapacityPlan::for_batches(0).spare_bodies);
         let mut acc = BatchAccumulator::new(limits());
         for _ in 0..10 {
-            acc.recycle(BatchBody::with_capacity(SPARE_BODY_BYTES / 4));
+            acc.recycle(BatchBody::with_capacity(
+                CapacityPlan::for_batches(0).spare_body_bytes / 4,
+            ));
         }
-        assert_eq!(acc.spare_bodies(), 4, "no more than SPARE_BODY_BYTES of spares");
+        assert_eq!(acc.spare_bodies(), 4, "no more than the plan's spare bytes");
         // A new batch takes a spare, which makes room for one more.
         acc.append(Instant::now(), &stream("s"), b"x", &mut None).unwrap();
         assert_eq!(acc.spare_bodies(), 3);
-        acc.recycle(BatchBody::with_capacity(SPARE_BODY_BYTES / 4));
+        acc.recycle(BatchBody::with_capacity(CapacityPlan::for_batches(0).spare_body_bytes / 4));
         assert_eq!(acc.spare_bodies(), 4);
     }
 
@@ -581,16 +589,17 @@ mod tests {
         let mut acc = BatchAccumulator::new(limits());
         acc.share_pool(pool.clone());
         let extra = 6;
-        let bodies: Vec<BatchBody> =
-            (0..SPARE_BODIES + extra).map(|_| BatchBody::from_buffer(pool.take(0))).collect();
+        let bodies: Vec<BatchBody> = (0..CapacityPlan::for_batches(0).spare_bodies + extra)
+            .map(|_| BatchBody::from_buffer(pool.take(0)))
+            .collect();
         let capacity = bodies[0].capacity();
         for body in bodies {
             acc.recycle(body);
         }
-        assert_eq!(acc.spare_bodies(), SPARE_BODIES);
+        assert_eq!(acc.spare_bodies(), CapacityPlan::for_batches(0).spare_bodies);
         assert_eq!(pool.kept_bytes(), extra * capacity, "the rest went to the pool, not freed");
         // New batches take the spares first, then the pool's buffers.
-        for i in 0..=SPARE_BODIES {
+        for i in 0..=CapacityPlan::for_batches(0).spare_bodies {
             let id = StreamId::from(format!("s{i}"));
             acc.append(Instant::now(), &id, b"x", &mut None).unwrap();
         }

@@ -154,7 +154,7 @@ async fn run(settings: ShardSettings, shared: Arc<ShardShared>, budget: Arc<Pend
         settings.metrics.clone(),
     );
     let plan = EndpointPlan::new(settings.index, settings.endpoints.clone());
-    let sealed = crate::buffers::resident_vec(settings.engine.inflight_capacity);
+    let sealed = crate::buffers::resident_vec(settings.engine.plan.batches);
     let waker = shared.waker();
     let mut shell = Shell {
         settings,

@@ -182,7 +182,7 @@ impl From<&ShardSettings> for SocketSettings {
             conn_timeout: settings.conn_timeout,
             send_buffer: settings.socket_send_buffer_size,
             recv_buffer: settings.socket_recv_buffer_size,
-            read_buffer: settings.engine.read_buffer_size.max(1),
+            read_buffer: settings.engine.plan.read_buffer_len,
         }
     }
 }

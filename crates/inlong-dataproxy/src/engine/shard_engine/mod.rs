@@ -26,8 +26,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::accumulator::{SealedBatch, SPARE_BODIES};
-use crate::buffers::{resident_vec, BufferPool, FramePool};
+use super::accumulator::SealedBatch;
+use crate::buffers::{resident_vec, BufferPool, CapacityPlan, FramePool};
 use crate::completion::{BatchCompletion, BatchOutcome, Callback};
 use crate::error::{codes, ConnectFailures, Error};
 use crate::metrics::ShardMetrics;
@@ -42,32 +42,6 @@ pub type ConnId = u64;
 
 /// Server codes that mean "not accepted, safe to send again" (`PROTOCOL.md` §3.9).
 const RETRYABLE_SERVER_CODES: [i32; 4] = [1, 2, 3, 114];
-/// The most frames coalesced into one write: a connection's write buffer has
-/// `min(write_buffer_size, WRITE_CHUNK_MAX)` bytes and never grows (one frame larger than that
-/// goes out alone), so a backlog is written in chunks of this size rather than through an ever
-/// larger buffer.
-const WRITE_CHUNK_MAX: usize = 256 << 10;
-/// Write buffers a shard holds from its start, in use (two per connection: one being filled,
-/// one being written) or kept: enough for four connections, so connections that come and go
-/// while nodes restart take kept buffers rather than new ones (the soak's RSS moved by
-/// megabytes with them), and the memory is there from the start instead of arriving with the
-/// first connections that need it.
-const SPARE_WRITE_BUFFERS: usize = 8;
-/// Reply read buffers a shard holds, in use or kept for the connections it opens next.
-const SPARE_READ_BUFFERS: usize = 3;
-/// Lost connections' reply buffers and queues a shard keeps for the next connections.
-const SPARE_CONN_PARTS: usize = 4;
-/// Connections' reply buffers and queues a shard creates at its start: its two connections
-/// and a third that replaces one of them before it is retired (a node back after a restart).
-/// Created later, the third appeared minutes into the soak, 128 KiB at once.
-const START_CONN_PARTS: usize = 3;
-/// The send queues, the delivery deadlines, the backoff heap and each connection's sent-batch
-/// queue have room for this many times the pending budget's worth of full batches: batches
-/// sealed by linger hold fewer records, and in the soak one shard held more than a budget's
-/// worth of full batches (the other shard's node was down and its records acked, leaving it the
-/// whole budget).
-const QUEUE_SLACK: usize = 2;
-
 /// A connection's partial-reply buffer, sent-batch queue and heartbeat queue.
 type ConnParts = (Vec<u8>, VecDeque<(u64, u32)>, VecDeque<Instant>);
 /// `SERVICE_CLOSED`: the node is going offline; stop using the connection.
@@ -98,16 +72,8 @@ pub struct EngineConfig {
     pub heartbeat_interval: Duration,
     /// Heartbeat reply deadline.
     pub heartbeat_timeout: Duration,
-    /// `WriteBufferSize`: the most bytes queued in one connection's write buffer (capped at
-    /// 256 KiB: see [`ShardEngine::poll_transmit`]).
-    pub write_buffer_size: usize,
-    /// `ReadBufferSize`: the capacity of each connection's reply read buffer.
-    pub read_buffer_size: usize,
-    /// The pending budget's worth of full batches: in-flight entries for that many are made at
-    /// the start and kept, and the in-flight table and queues are sized for it up front (the
-    /// queues for `QUEUE_SLACK` times as many), so that a backlog neither regrows them nor
-    /// allocates per batch.
-    pub inflight_capacity: usize,
+    /// What the shard reserves and keeps: buffer sizes and counts, queue room, spares.
+    pub plan: CapacityPlan,
     /// Compress bodies over 256 bytes.
     pub compression: bool,
     /// Add-columns of every batch.
@@ -275,7 +241,7 @@ pub struct ShardEngine {
     spare_bodies: Vec<BatchBody>,
     /// Emptied in-flight entries, reused for new batches (see [`ShardEngine::enqueue`]): the
     /// boxes themselves, which go back into the table as they are. Created at the start for
-    /// the pending budget's worth of full batches (`inflight_capacity`) and kept at most that
+    /// the pending budget's worth of full batches (`plan.batches`) and kept at most that
     /// many: a backlog allocates none. (Created as bursts needed them instead, the spares kept
     /// growing for minutes in the soak; freed after each burst, they left the allocator's
     /// arenas fragmented, the RSS up by megabytes.)
@@ -320,12 +286,12 @@ impl ShardEngine {
         encoder.set_compression(config.compression);
         let rng = config.seed | 1;
         let wid = config.wid;
-        let write_chunk = config.write_buffer_size.clamp(1, WRITE_CHUNK_MAX);
-        let write_buffers = BufferPool::new(write_chunk, SPARE_WRITE_BUFFERS);
-        let read_buffers = BufferPool::new(config.read_buffer_size.max(1), SPARE_READ_BUFFERS);
-        let inflight_capacity = config.inflight_capacity;
+        let plan = config.plan;
+        let write_buffers = BufferPool::new(plan.write_buffer_len, plan.write_buffers);
+        let read_buffers = BufferPool::new(plan.read_buffer_len, plan.read_buffers);
+        let inflight_capacity = plan.batches;
         let spare_conn_parts =
-            (0..START_CONN_PARTS).map(|_| Self::new_conn_parts(inflight_capacity)).collect();
+            (0..plan.start_conn_parts).map(|_| Self::new_conn_parts(&plan)).collect();
         let idle_completion = BatchCompletion::new();
         let delivery_timeout = Self::delivery_timeout_of(&config);
         let mut spare_inflight = resident_vec(inflight_capacity);
@@ -340,18 +306,18 @@ impl ShardEngine {
             // Room for four times the budget's worth of full batches (linger seals smaller ones).
             batches: HashMap::with_capacity(inflight_capacity * 4),
             // Sized for twice a full budget of full batches, pages resident (see `resident_vec`).
-            fresh: VecDeque::from(resident_vec(inflight_capacity * QUEUE_SLACK)),
-            retries: VecDeque::from(resident_vec(inflight_capacity * QUEUE_SLACK)),
-            deliver_by: VecDeque::from(resident_vec(inflight_capacity * QUEUE_SLACK)),
+            fresh: VecDeque::from(resident_vec(plan.queue_len)),
+            retries: VecDeque::from(resident_vec(plan.queue_len)),
+            deliver_by: VecDeque::from(resident_vec(plan.queue_len)),
             delivery_timeout,
-            backoffs: BinaryHeap::from(resident_vec(inflight_capacity * QUEUE_SLACK)),
+            backoffs: BinaryHeap::from(resident_vec(plan.queue_len)),
             conns: Vec::new(),
             events: VecDeque::new(),
             resolved: VecDeque::new(),
             frames,
             write_buffers,
             read_buffers,
-            spare_bodies: Vec::with_capacity(SPARE_BODIES),
+            spare_bodies: Vec::with_capacity(plan.spare_bodies),
             spare_inflight,
             spare_completions: resident_vec(inflight_capacity),
             idle_completion,
@@ -372,12 +338,8 @@ impl ShardEngine {
 
     /// A connection's partial-reply buffer (a reply is ~40 bytes) and its queues, the sent
     /// one with room for all the shard's batches, pages resident.
-    fn new_conn_parts(inflight_capacity: usize) -> ConnParts {
-        (
-            Vec::with_capacity(256),
-            VecDeque::from(resident_vec(inflight_capacity * QUEUE_SLACK)),
-            VecDeque::new(),
-        )
+    fn new_conn_parts(plan: &CapacityPlan) -> ConnParts {
+        (Vec::with_capacity(256), VecDeque::from(resident_vec(plan.queue_len)), VecDeque::new())
     }
 
     #[cfg(test)]
@@ -520,7 +482,7 @@ impl ShardEngine {
             |out, len| *out = frames.take(len),
         );
         // The accumulator keeps no more spares than this anyway; the rest go to the pool.
-        if self.spare_bodies.len() < SPARE_BODIES {
+        if self.spare_bodies.len() < self.config.plan.spare_bodies {
             self.spare_bodies.push(batch.body);
         } else {
             self.frames.give(batch.body.into_buffer());
@@ -573,10 +535,8 @@ impl ShardEngine {
     pub fn add_conn(&mut self, now: Instant, conn: ConnId, endpoint: SocketAddr) {
         // A lost connection's queues, or new ones with room for all the shard's batches on
         // this one connection.
-        let (read_buf, sent, heartbeats) = self
-            .spare_conn_parts
-            .pop()
-            .unwrap_or_else(|| Self::new_conn_parts(self.config.inflight_capacity));
+        let (read_buf, sent, heartbeats) =
+            self.spare_conn_parts.pop().unwrap_or_else(|| Self::new_conn_parts(&self.config.plan));
         self.conns.push(Conn {
             id: conn,
             endpoint,
@@ -637,7 +597,7 @@ impl ShardEngine {
         self.recycle_write_buffer(lost.out);
         // The next connection takes over this one's queues as they grew (a backlog's worth),
         // instead of growing new ones by doubling while a burst of batches is being allocated.
-        if self.spare_conn_parts.len() < SPARE_CONN_PARTS {
+        if self.spare_conn_parts.len() < self.config.plan.spare_conn_parts {
             let (mut read_buf, mut sent, mut heartbeats) =
                 (lost.read_buf, lost.sent, lost.heartbeats);
             read_buf.clear();
@@ -1236,15 +1196,15 @@ impl ShardEngine {
 
     /// Keeps a resolved batch's entry for the next batch, emptied of everything that refers to
     /// the batch (its stream and error are let go now, not at reuse; its completion is kept
-    /// for reuse when no future holds it). At most `inflight_capacity` entries are kept.
+    /// for reuse when no future holds it). At most `plan.batches` entries are kept.
     fn recycle_inflight(&mut self, mut entry: Box<Inflight>) {
         let mut completion = std::mem::replace(&mut entry.completion, self.idle_completion.clone());
-        if self.spare_completions.len() < self.config.inflight_capacity
+        if self.spare_completions.len() < self.config.plan.batches
             && BatchCompletion::reuse(&mut completion)
         {
             self.spare_completions.push(completion);
         }
-        if self.spare_inflight.len() >= self.config.inflight_capacity {
+        if self.spare_inflight.len() >= self.config.plan.batches {
             return;
         }
         entry.stream_id = StreamId::from("");

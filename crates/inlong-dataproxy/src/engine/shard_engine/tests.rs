@@ -2,6 +2,7 @@
 //! no sockets and no sleeps.
 
 use crate::budget::PendingBudget;
+use crate::buffers::CapacityPlan;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,9 +25,7 @@ fn config() -> EngineConfig {
         max_frame_len: 524_288,
         heartbeat_interval: Duration::from_secs(60),
         heartbeat_timeout: Duration::from_secs(10),
-        write_buffer_size: 8 << 20,
-        read_buffer_size: 4096,
-        inflight_capacity: 16,
+        plan: CapacityPlan { read_buffer_len: 4096, ..CapacityPlan::for_batches(16) },
         compression: true,
         add_columns: AddColumns::default(),
         seed: 7,
@@ -285,7 +284,10 @@ fn a_bad_length_field_cut_between_reads_closes_the_connection() {
 
 #[test]
 fn write_buffers_never_grow_past_the_write_buffer_size() {
-    let mut h = Harness::new(EngineConfig { write_buffer_size: 1000, ..config() });
+    let mut h = Harness::new(EngineConfig {
+        plan: CapacityPlan { write_buffer_len: 1000, ..config().plan },
+        ..config()
+    });
     h.engine.add_conn(h.now, 1, ep(1));
     let small: Vec<_> = (0..40).map(|_| h.batch(1)).collect();
     // One batch whose frame alone is larger than a write buffer (incompressible body).
@@ -543,7 +545,11 @@ fn batches_without_a_connection_name_the_shards_connect_failures() {
 fn batches_behind_a_write_that_never_ends_time_out_as_ack_timeouts_from_that_node() {
     // Write buffers of 1000 bytes: the first write takes what fits, the rest waits in the queue
     // behind it; the write never completes (a node that stopped reading).
-    let mut h = Harness::new(EngineConfig { max_retries: 0, write_buffer_size: 1000, ..config() });
+    let mut h = Harness::new(EngineConfig {
+        max_retries: 0,
+        plan: CapacityPlan { write_buffer_len: 1000, ..config().plan },
+        ..config()
+    });
     h.engine.add_conn(h.now, 1, ep(1));
     let batches: Vec<_> = (0..40).map(|_| h.batch(1)).collect();
     let stuck = h.engine.poll_transmit(h.now).expect("a first write");
@@ -916,7 +922,11 @@ impl Harness {
 /// enqueued over two seconds against `node`. Returns the worst wait, checked against the bound,
 /// and the causes of the failures.
 fn backlog_against(node: Option<UnansweringNode>) -> (Duration, Vec<Error>) {
-    let config = EngineConfig { compression: false, write_buffer_size: 8 << 10, ..config() };
+    let config = EngineConfig {
+        compression: false,
+        plan: CapacityPlan { write_buffer_len: 8 << 10, ..config().plan },
+        ..config()
+    };
     let bound = delivery_bound(&config);
     let mut h = Harness::with_budget(config, 10_000);
     let until = h.now + bound * 3;
@@ -1068,7 +1078,7 @@ fn a_sent_batch_fails_at_its_deadline_and_its_late_reply_is_ignored() {
 fn delivery_deadlines_of_resolved_batches_leave_without_growing_their_queue() {
     let mut h = Harness::new(config());
     let capacity = h.engine.deliver_by.capacity();
-    assert_eq!(capacity, 16 * QUEUE_SLACK);
+    assert_eq!(capacity, config().plan.queue_len);
     h.engine.add_conn(h.now, 1, ep(1));
     // The first batch is never answered: its deadline stays at the front while 1 000 batches
     // behind it are acked, 50 times the queue's room.
