@@ -1,7 +1,8 @@
 //! The sans-IO heart of the producer: batching, the in-flight table, retries, timeouts and
 //! heartbeats as state machines that take events and `now` and give back bytes, deadlines,
 //! events (connections to close, with a typed reason) and resolved batches. Delivering a resolved
-//! batch (callbacks, the shared budget, metrics of outcomes) is the shell's job.
+//! batch (callbacks, the shared budget) and every metric are the shell's job: the engine counts
+//! in plain numbers ([`shard_engine::EngineCounts`]).
 //!
 //! [`accumulator`] is shared by the sending threads and one shard (under the shard's lock);
 //! everything else belongs to one shard thread. Nothing here reads the clock or touches a socket:

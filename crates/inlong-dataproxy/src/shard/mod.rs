@@ -147,12 +147,7 @@ struct Shell {
 }
 
 async fn run(settings: ShardSettings, shared: Arc<ShardShared>, budget: Arc<PendingBudget>) {
-    let engine = ShardEngine::new(
-        Instant::now(),
-        settings.engine.clone(),
-        settings.frames.clone(),
-        settings.metrics.clone(),
-    );
+    let engine = ShardEngine::new(Instant::now(), settings.engine.clone(), settings.frames.clone());
     let plan = EndpointPlan::new(settings.index, settings.endpoints.clone());
     let sealed = crate::buffers::resident_vec(settings.engine.plan.batches);
     let waker = shared.waker();
@@ -497,6 +492,14 @@ impl Shell {
 
     /// Delivers every batch the engine resolved since the last turn (see [`deliver`]).
     fn deliver_resolved(&mut self, now: Instant) {
+        // The counts first: a woken future then sees the batch gone from the gauges too.
+        let counts = self.engine.take_counts();
+        let metrics = &self.settings.metrics;
+        metrics.retry.inc_by(counts.retries);
+        metrics.timeout.inc_by(counts.ack_timeouts);
+        metrics.wire_bytes.inc_by(counts.wire_bytes);
+        metrics.inflight_delta(counts.batches);
+        metrics.pending.add(counts.records);
         loop {
             let resolved = self.engine.poll_resolved();
             let Some(mut resolved) = resolved else { break };

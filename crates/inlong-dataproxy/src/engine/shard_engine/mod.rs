@@ -30,7 +30,6 @@ use super::accumulator::SealedBatch;
 use crate::buffers::{resident_vec, BufferPool, CapacityPlan, FramePool};
 use crate::completion::{BatchCompletion, BatchOutcome, Callback};
 use crate::error::{codes, ConnectFailures, Error};
-use crate::metrics::ShardMetrics;
 use crate::protocol::{
     self, AddColumns, BatchBody, BatchHeader, FrameEncoder, FrameError, Reply, HEARTBEAT_REQUEST,
     MAX_REPLY_FRAME_LEN,
@@ -101,6 +100,22 @@ pub enum EngineEvent {
         /// Why.
         reason: CloseReason,
     },
+}
+
+/// What the engine counted since the shell last asked ([`ShardEngine::take_counts`]): plain
+/// numbers, which the shell adds to the Prometheus collectors.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct EngineCounts {
+    /// Batch retries.
+    pub retries: u64,
+    /// Ack timeouts.
+    pub ack_timeouts: u64,
+    /// Frame bytes written, retries included.
+    pub wire_bytes: u64,
+    /// Change in batches queued or in flight.
+    pub batches: i64,
+    /// Change in records pending.
+    pub records: i64,
 }
 
 /// Why a connection ends. The log line, the text of [`Error::ConnectionLost`] and the metrics'
@@ -214,7 +229,8 @@ struct Conn {
 pub struct ShardEngine {
     config: EngineConfig,
     encoder: FrameEncoder,
-    metrics: ShardMetrics,
+    /// Counted since the shell last took them ([`ShardEngine::take_counts`]).
+    counts: EngineCounts,
     pending_records: u64,
     batches: HashMap<u64, Box<Inflight>>,
     /// Batches waiting to go out for the first time, oldest first: sent in this order, after
@@ -276,12 +292,7 @@ impl std::fmt::Debug for ShardEngine {
 
 impl ShardEngine {
     /// An engine with no batches and no connections, made at `now`.
-    pub fn new(
-        now: Instant,
-        config: EngineConfig,
-        frames: Arc<FramePool>,
-        metrics: ShardMetrics,
-    ) -> ShardEngine {
+    pub fn new(now: Instant, config: EngineConfig, frames: Arc<FramePool>) -> ShardEngine {
         let mut encoder = FrameEncoder::new();
         encoder.set_compression(config.compression);
         let rng = config.seed | 1;
@@ -301,7 +312,7 @@ impl ShardEngine {
         ShardEngine {
             config,
             encoder,
-            metrics,
+            counts: EngineCounts::default(),
             pending_records: 0,
             // Room for four times the budget's worth of full batches (linger seals smaller ones).
             batches: HashMap::with_capacity(inflight_capacity * 4),
@@ -515,8 +526,8 @@ impl ShardEngine {
         match encoded {
             Ok(_) => {
                 self.pending_records += u64::from(records);
-                self.metrics.inflight_delta(1);
-                self.metrics.pending.add(i64::from(records));
+                self.counts.batches += 1;
+                self.counts.records += i64::from(records);
                 self.batches.insert(id, inflight);
                 Self::push_with_room(&mut self.fresh, &self.batches, id, false);
                 self.push_delivery_deadline(now, id);
@@ -840,7 +851,7 @@ impl ShardEngine {
             batch.state =
                 BatchState::Sent { conn: conn.id, deadline: now + self.config.send_timeout };
             conn.out.extend_from_slice(&batch.frame);
-            self.metrics.wire_bytes.inc_by(batch.frame.len() as u64);
+            self.counts.wire_bytes += batch.frame.len() as u64;
             conn.sent.push_back((id, batch.attempts));
         }
     }
@@ -949,7 +960,7 @@ impl ShardEngine {
                     let endpoint = self.conns.iter().find(|c| c.id == conn).map(|c| c.endpoint);
                     match endpoint {
                         Some(endpoint) => {
-                            self.metrics.timeout.inc();
+                            self.counts.ack_timeouts += 1;
                             self.probe(now, conn);
                             let sent_at = deadline.checked_sub(send_timeout).unwrap_or(now);
                             let waited = now.saturating_duration_since(sent_at);
@@ -1010,7 +1021,7 @@ impl ShardEngine {
             }
         }
         for (id, conn, endpoint) in expired {
-            self.metrics.timeout.inc();
+            self.counts.ack_timeouts += 1;
             let cause = Error::AckTimeout { endpoint, timeout: self.config.send_timeout };
             self.retry_or_fail(now, id, cause, true);
             // Is the connection itself dead? Probe it now instead of waiting for it to idle.
@@ -1099,6 +1110,11 @@ impl ShardEngine {
         None
     }
 
+    /// What the engine counted since the last call, for the shell to add to the metrics.
+    pub fn take_counts(&mut self) -> EngineCounts {
+        std::mem::take(&mut self.counts)
+    }
+
     /// The next thing the shell must do, if any.
     pub fn poll_event(&mut self) -> Option<EngineEvent> {
         self.events.pop_front()
@@ -1131,7 +1147,7 @@ impl ShardEngine {
             self.resolve(id, Err(error));
             return;
         }
-        self.metrics.retry.inc();
+        self.counts.retries += 1;
         let attempts = batch.attempts;
         if with_backoff {
             batch.state = BatchState::Backoff;
@@ -1174,8 +1190,8 @@ impl ShardEngine {
                 self.retries.pop_back();
             }
             self.pending_records -= u64::from(batch.records);
-            self.metrics.inflight_delta(-1);
-            self.metrics.pending.sub(i64::from(batch.records));
+            self.counts.batches -= 1;
+            self.counts.records -= i64::from(batch.records);
             self.frames.give(std::mem::take(&mut batch.frame));
             self.resolved.push_back(Resolved { entry: batch, outcome: Some(outcome) });
         }

@@ -102,12 +102,7 @@ impl Harness {
         let budget = Arc::new(PendingBudget::new(1000, 1 << 20));
         Harness {
             engine: TestShell {
-                engine: ShardEngine::new(
-                    Instant::now(),
-                    config,
-                    Arc::new(FramePool::new(1 << 20)),
-                    crate::metrics::ShardMetrics::detached(),
-                ),
+                engine: ShardEngine::new(Instant::now(), config, Arc::new(FramePool::new(1 << 20))),
                 budget: budget.clone(),
                 metrics: crate::metrics::ShardMetrics::detached(),
             },
