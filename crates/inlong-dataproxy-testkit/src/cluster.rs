@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::runtime::{Handle, Runtime};
@@ -228,6 +229,27 @@ impl LocalCluster {
         total
     }
 
+    /// Waits until the nodes have accepted at least `count` records in all (the [`NodeStats`]
+    /// `records` counter of [`LocalCluster::stats`]) and returns how long that took.
+    ///
+    /// # Panics
+    /// When `limit` passes first, with the count reached (it is an assertion for tests, like
+    /// [`wait_until`]).
+    pub fn wait_for_records(&self, count: u64, limit: Duration) -> Duration {
+        let started = Instant::now();
+        loop {
+            let accepted = self.stats().records;
+            if accepted >= count {
+                return started.elapsed();
+            }
+            assert!(
+                started.elapsed() < limit,
+                "timed out after {limit:?} waiting for {count} records accepted ({accepted} so far)"
+            );
+            std::thread::sleep(POLL);
+        }
+    }
+
     /// Stops every node and the Manager, and shuts the runtime down.
     pub fn shutdown(mut self) {
         self.stop_all();
@@ -252,4 +274,23 @@ impl Drop for LocalCluster {
     fn drop(&mut self) {
         self.stop_all();
     }
+}
+
+/// How often [`wait_until`] looks at its condition.
+const POLL: Duration = Duration::from_millis(5);
+
+/// Waits until `condition` holds, looking every 5 ms, and returns how long that took: the way a
+/// test waits for something a cluster or a producer does in the background, instead of sleeping
+/// for a guessed time.
+///
+/// # Panics
+/// When `limit` passes first, with a message naming `what` was awaited (it is an assertion for
+/// tests).
+pub fn wait_until(what: &str, limit: Duration, mut condition: impl FnMut() -> bool) -> Duration {
+    let started = Instant::now();
+    while !condition() {
+        assert!(started.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+        std::thread::sleep(POLL);
+    }
+    started.elapsed()
 }

@@ -17,7 +17,7 @@ mod http;
 pub mod manager;
 pub mod workload;
 
-pub use cluster::{LocalCluster, LocalClusterBuilder};
+pub use cluster::{wait_until, LocalCluster, LocalClusterBuilder};
 pub use codec::IngestMode;
 pub use dataproxy::{
     DataProxyNode, ErrorInjection, Faults, NodeConfig, NodeStats, ReplyCorruption, Topic,

@@ -82,12 +82,76 @@ mod tests {
     }
 
     #[test]
-    fn this_process_has_memory_and_cpu_readings() {
+    fn this_process_has_memory_readings() {
         assert!(status_mb("self", "VmRSS") > 0.0);
         assert!(status_mb("self", "VmHWM") >= status_mb("self", "VmRSS") * 0.5);
         assert!(status_mb("self", "NoSuchField").abs() < f64::EPSILON);
-        let (total, threads) = process_cpu_seconds("self", "");
-        assert!(total >= 0.0 && threads >= 0.0);
+    }
+
+    /// The run time the scheduler gives the thread named `name` (`/proc/self/task/*/schedstat`,
+    /// nanoseconds): a second clock, independent of the `stat` fields `process_cpu_seconds` reads.
+    fn scheduler_seconds(name: &str) -> f64 {
+        let tasks = std::fs::read_dir("/proc/self/task").expect("/proc/self/task");
+        let task = tasks
+            .flatten()
+            .find(|task| {
+                std::fs::read_to_string(task.path().join("comm")).unwrap_or_default().trim() == name
+            })
+            .expect("the named thread is alive");
+        let schedstat = std::fs::read_to_string(task.path().join("schedstat")).expect("schedstat");
+        let nanos: f64 = schedstat.split_whitespace().next().and_then(|v| v.parse().ok()).unwrap();
+        nanos / 1e9
+    }
+
+    #[test]
+    fn cpu_seconds_grow_while_a_thread_burns_cpu_and_agree_with_the_scheduler() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Arc;
+        use std::time::{Duration, Instant};
+
+        const NAME: &str = "workload-burn";
+        const BURN: f64 = 0.3;
+        let (total_before, _) = process_cpu_seconds("self", "");
+        let started = Instant::now();
+        let stop = Arc::new(AtomicBool::new(false));
+        let burner = {
+            let stop = stop.clone();
+            std::thread::Builder::new()
+                .name(NAME.to_owned())
+                .spawn(move || {
+                    let mut x = 1u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        x = std::hint::black_box(x.wrapping_mul(6_364_136_223_846_793_005) + 1);
+                    }
+                })
+                .unwrap()
+        };
+        // Burn until the reader sees BURN seconds on the thread, within a deadline.
+        let mut burnt = 0.0;
+        while burnt < BURN {
+            assert!(started.elapsed() < Duration::from_secs(20), "{burnt} s CPU read after 20 s");
+            std::thread::sleep(Duration::from_millis(10));
+            burnt = process_cpu_seconds("self", NAME).1;
+        }
+        let scheduler = scheduler_seconds(NAME);
+        let wall = started.elapsed().as_secs_f64();
+        let (total_after, every_thread) = process_cpu_seconds("self", "");
+        let (_, nobody) = process_cpu_seconds("self", "no-such-thread");
+        stop.store(true, Ordering::Relaxed);
+        burner.join().unwrap();
+
+        // Ticks of 1/100 s: off by a few ticks at most, never by a factor.
+        assert!(
+            (burnt - scheduler).abs() <= 0.05,
+            "stat says {burnt} s, the scheduler {scheduler} s"
+        );
+        assert!(burnt <= wall + 0.02, "one thread used {burnt} s CPU in {wall} s");
+        assert!(total_after - total_before >= BURN - 0.02, "{total_before} s then {total_after} s");
+        assert!(
+            every_thread >= burnt && total_after >= burnt,
+            "{total_after} {every_thread} {burnt}"
+        );
+        assert!(nobody.abs() < f64::EPSILON, "no thread has that prefix: {nobody}");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::panic::AssertUnwindSafe;
 use std::time::{Duration, Instant};
 
 use inlong_dataproxy::protocol::{
@@ -11,7 +12,7 @@ use inlong_dataproxy::protocol::{
     HEARTBEAT_REPLY, HEARTBEAT_REQUEST, MAX_REPLY_FRAME_LEN,
 };
 use inlong_dataproxy_testkit::{
-    ErrorInjection, Faults, LocalCluster, NodeConfig, ReplyCorruption, Topic,
+    wait_until, ErrorInjection, Faults, LocalCluster, NodeConfig, ReplyCorruption, Topic,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -132,15 +133,6 @@ fn cluster_with(config: NodeConfig) -> LocalCluster {
 
 fn ledger_config() -> NodeConfig {
     NodeConfig { ledger: true, ..NodeConfig::default() }
-}
-
-/// Waits for `condition` with a deadline instead of sleeping.
-fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + TIMEOUT;
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(2));
-    }
 }
 
 #[test]
@@ -402,7 +394,7 @@ fn silent_node_reads_but_never_answers() {
     let mut chunk = [0u8; 16];
     let err = client.stream.read(&mut chunk).expect_err("nothing may arrive");
     assert!(matches!(err.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut), "{err}");
-    wait_for("frames dropped", || cluster.stats().dropped == 2);
+    wait_until("frames dropped", TIMEOUT, || cluster.stats().dropped == 2);
     assert_eq!(cluster.stats().records, 0);
     // Back to normal on the same connection.
     cluster.node(0).update_faults(|f| f.silent = false);
@@ -437,7 +429,7 @@ fn stop_and_restart_listening() {
     client.expect_closed_without_reply();
     let refused = TcpStream::connect_timeout(&node.addr(), TIMEOUT).expect_err("refused");
     assert_eq!(refused.kind(), ErrorKind::ConnectionRefused);
-    wait_for("connections closed", || node.open_connections() == 0);
+    wait_until("connections closed", TIMEOUT, || node.open_connections() == 0);
     node.restart().unwrap();
     let mut client = Client::connect(node.addr());
     client.send_batch("s", "2", &[b"x"]);
@@ -582,4 +574,59 @@ fn restart_right_after_stop_reuses_the_port() {
     let mut client = Client::connect(node.addr());
     client.send(&HEARTBEAT_REQUEST);
     assert_eq!(client.answer(), Answer::Heartbeat);
+}
+
+/// The message of a panic caught by `catch_unwind`.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+        .unwrap_or_default()
+}
+
+#[test]
+fn wait_until_returns_when_the_condition_holds_and_panics_at_its_limit() {
+    let mut calls = 0;
+    let took = wait_until("the third look", TIMEOUT, || {
+        calls += 1;
+        calls == 3
+    });
+    assert_eq!(calls, 3, "it stops looking once the condition holds");
+    assert!(took < TIMEOUT, "{took:?}");
+
+    let limit = Duration::from_millis(50);
+    let started = Instant::now();
+    let outcome = std::panic::catch_unwind(|| wait_until("something never true", limit, || false));
+    let waited = started.elapsed();
+    let message = panic_message(&*outcome.expect_err("a condition that never holds panics"));
+    assert!(message.contains("waiting for something never true"), "{message}");
+    assert!(waited >= limit && waited < TIMEOUT, "{waited:?}");
+}
+
+#[test]
+fn wait_for_records_returns_once_they_arrived_and_panics_at_its_limit() {
+    let cluster = cluster_with(NodeConfig::default());
+    let addr = cluster.node(0).addr();
+    // The records arrive in the background while the test waits for them.
+    let sender = std::thread::spawn(move || {
+        let mut client = Client::connect(addr);
+        for i in 0..30 {
+            client.send_batch("s", &format!("m{i}"), &[b"x"]);
+            assert_eq!(client.code(), 0);
+        }
+    });
+    cluster.wait_for_records(30, TIMEOUT);
+    assert!(cluster.stats().records >= 30);
+    sender.join().expect("the sender");
+    assert_eq!(cluster.stats().records, 30);
+
+    let limit = Duration::from_millis(50);
+    let started = Instant::now();
+    let outcome =
+        std::panic::catch_unwind(AssertUnwindSafe(|| cluster.wait_for_records(31, limit)));
+    let waited = started.elapsed();
+    let message = panic_message(&*outcome.expect_err("31 records never arrive"));
+    assert!(message.contains("waiting for 31 records accepted (30 so far)"), "{message}");
+    assert!(waited >= limit && waited < TIMEOUT, "{waited:?}");
 }

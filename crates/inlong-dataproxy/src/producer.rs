@@ -979,7 +979,24 @@ mod tests {
     }
 
     #[test]
-    fn unique_tags_differ() {
-        assert_ne!(unique_tag(), unique_tag() ^ 1);
+    fn unique_tags_differ_across_calls_and_threads() {
+        const THREADS: usize = 4;
+        const CALLS: usize = 20_000;
+        let barrier = std::sync::Barrier::new(THREADS);
+        let tags: Vec<u64> = std::thread::scope(|scope| {
+            let threads: Vec<_> = (0..THREADS)
+                .map(|_| {
+                    scope.spawn(|| {
+                        barrier.wait();
+                        (0..CALLS).map(|_| unique_tag()).collect::<Vec<u64>>()
+                    })
+                })
+                .collect();
+            threads.into_iter().flat_map(|thread| thread.join().unwrap()).collect()
+        });
+        let distinct: std::collections::HashSet<u64> = tags.iter().copied().collect();
+        assert_eq!(distinct.len(), THREADS * CALLS, "tags repeat");
+        // They fit the 48 bits a mid prefix is written with.
+        assert!(tags.iter().all(|&tag| tag <= 0xffff_ffff_ffff));
     }
 }

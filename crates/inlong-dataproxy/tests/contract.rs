@@ -3,7 +3,7 @@
 //! and records that could never be delivered. On both I/O drivers; every wait is bounded.
 
 mod common;
-use common::transports;
+use common::{transports, wait_until};
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver};
@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use inlong_dataproxy::{
-    DeliveryReport, Error, MetricsRegistry, Producer, ProducerBuilder, Record, Transport,
+    DeliveryReport, Error, MetricsRegistry, ProducerBuilder, Record, Transport,
 };
 use inlong_dataproxy_testkit::LocalCluster;
 
@@ -19,14 +19,9 @@ fn cluster() -> LocalCluster {
     common::cluster(1)
 }
 
+/// [`common::builder`] with a send timeout longer than any wait of these tests.
 fn builder(cluster: &LocalCluster, transport: Transport) -> ProducerBuilder {
-    Producer::builder()
-        .group_id("test_group")
-        .manager_url(cluster.manager_url())
-        .node_list_cache(false)
-        .transport(transport)
-        .shards(2)
-        .send_timeout(Duration::from_secs(20))
+    common::builder(cluster, transport).send_timeout(Duration::from_secs(20))
 }
 
 type Outcome = (usize, Result<DeliveryReport, Error>);
@@ -48,9 +43,7 @@ fn collect(rx: &Receiver<Outcome>, count: usize, limit: Duration, what: &str) ->
 
 fn sample(registry: &MetricsRegistry, series: &str) -> f64 {
     let text = registry.encode_text();
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no series {series} in\n{text}"))
+    common::sample(&text, series).unwrap_or_else(|| panic!("no series {series} in\n{text}"))
 }
 
 #[test]
@@ -439,10 +432,9 @@ fn a_close_racing_senders_in_blocking_mode_resolves_every_record_once() {
             for sender in senders {
                 sender.join().unwrap();
             }
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while calls.iter().any(|c| c.load(Ordering::SeqCst) == 0) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(10));
-            }
+            wait_until("every record resolved", Duration::from_secs(10), || {
+                calls.iter().all(|c| c.load(Ordering::SeqCst) > 0)
+            });
             let counts: Vec<u64> = calls.iter().map(|c| c.load(Ordering::SeqCst)).collect();
             let unresolved = counts.iter().filter(|&&c| c == 0).count();
             assert_eq!(unresolved, 0, "{transport:?} round {round}: records never resolved");

@@ -4,7 +4,7 @@
 //! none is lost, and every acked record is in a node's ledger.
 
 mod common;
-use common::cluster;
+use common::{cluster, wait_until};
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -16,17 +16,14 @@ use inlong_dataproxy_testkit::{
     DataProxyNode, LocalCluster, ManagerAuth, ManagerConfig, ManagerFault,
 };
 
+/// [`common::builder`] on the transport `INLONG_TEST_TRANSPORT` names (`epoll`, or the default
+/// `Auto`), refreshing the node list every 200 ms.
 fn builder(cluster: &LocalCluster) -> ProducerBuilder {
-    Producer::builder()
-        .group_id("test_group")
-        .manager_url(cluster.manager_url())
-        .node_list_cache(false)
-        .transport(match std::env::var("INLONG_TEST_TRANSPORT").as_deref() {
-            Ok("epoll") => Transport::Epoll,
-            _ => Transport::Auto,
-        })
-        .shards(2)
-        .update_interval(Duration::from_millis(200))
+    let transport = match std::env::var("INLONG_TEST_TRANSPORT").as_deref() {
+        Ok("epoll") => Transport::Epoll,
+        _ => Transport::Auto,
+    };
+    common::builder(cluster, transport).update_interval(Duration::from_millis(200))
 }
 
 /// Sends a steady stream (one record every ~100 µs, 8 streams) until stopped; counts outcomes.
@@ -86,15 +83,6 @@ impl Load {
     }
 }
 
-fn wait_for(what: &str, limit: Duration, mut condition: impl FnMut() -> bool) -> Duration {
-    let started = Instant::now();
-    while !condition() {
-        assert!(started.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    started.elapsed()
-}
-
 fn ledger_total(cluster: &LocalCluster) -> u64 {
     cluster.ledger().values().map(|records| records.len() as u64).sum()
 }
@@ -108,10 +96,11 @@ fn a_node_added_at_run_time_gets_traffic_after_a_refresh() {
     let cluster = cluster(1);
     let producer = Arc::new(builder(&cluster).build().unwrap());
     let load = Load::start(&producer);
-    wait_for("traffic", Duration::from_secs(10), || records(&cluster.node(0)) > 100);
+    cluster.wait_for_records(101, Duration::from_secs(10));
     let added = cluster.add_node().unwrap();
-    let took =
-        wait_for("the new node to get traffic", Duration::from_secs(10), || records(&added) > 100);
+    let took = wait_until("the new node to get traffic", Duration::from_secs(10), || {
+        records(&added) > 100
+    });
     eprintln!("new node used {took:?} after it was added");
     let (sent, acked, failed) = load.finish(&producer);
     assert_eq!((acked, failed), (sent, 0));
@@ -124,17 +113,17 @@ fn a_removed_node_stops_getting_traffic_without_loss() {
     let producer = Arc::new(builder(&cluster).build().unwrap());
     let load = Load::start(&producer);
     let (first, second) = (cluster.node(0), cluster.node(1));
-    wait_for("both nodes used", Duration::from_secs(10), || {
+    wait_until("both nodes used", Duration::from_secs(10), || {
         records(&first) > 50 && records(&second) > 50
     });
     cluster.remove_node(first.addr());
     // Once the refresh has moved every connection, the removed node sees nothing new.
-    wait_for("connections drained off the removed node", Duration::from_secs(10), || {
+    wait_until("connections drained off the removed node", Duration::from_secs(10), || {
         first.open_connections() == 0
     });
     let frozen = records(&first);
     let before = records(&second);
-    wait_for("traffic on the remaining node", Duration::from_secs(10), || {
+    wait_until("traffic on the remaining node", Duration::from_secs(10), || {
         records(&second) > before + 500
     });
     assert_eq!(records(&first), frozen, "the removed node got traffic after the move");
@@ -150,7 +139,7 @@ fn a_killed_node_is_avoided_quickly_and_used_again_after_its_restart() {
         Arc::new(builder(&cluster).send_timeout(Duration::from_secs(5)).build().unwrap());
     let load = Load::start(&producer);
     let (victim, survivor) = (cluster.node(0), cluster.node(1));
-    wait_for("both nodes used", Duration::from_secs(10), || {
+    wait_until("both nodes used", Duration::from_secs(10), || {
         records(&victim) > 50 && records(&survivor) > 50
     });
 
@@ -159,7 +148,7 @@ fn a_killed_node_is_avoided_quickly_and_used_again_after_its_restart() {
     // Traffic has fully moved when records acked after the kill keep arriving at the survivor
     // and the producer has nothing waiting longer than a moment.
     let acked_at_kill = load.acked.load(Ordering::SeqCst);
-    wait_for("acks flowing again", Duration::from_secs(10), || {
+    wait_until("acks flowing again", Duration::from_secs(10), || {
         load.acked.load(Ordering::SeqCst) > acked_at_kill + 2000
     });
     let moved = killed_at.elapsed();
@@ -170,7 +159,7 @@ fn a_killed_node_is_avoided_quickly_and_used_again_after_its_restart() {
     let before = records(&victim);
     // Quarantine is 10 s (±20 %) for a first failure; after it, the shard whose preferred node
     // this is goes back.
-    let back = wait_for("the restarted node to be used again", Duration::from_secs(30), || {
+    let back = wait_until("the restarted node to be used again", Duration::from_secs(30), || {
         records(&victim) > before + 100
     });
     eprintln!("restarted node used again {back:?} after the restart");
@@ -184,19 +173,14 @@ fn the_manager_going_down_during_the_run_changes_nothing() {
     let cluster = cluster(1);
     let producer = Arc::new(builder(&cluster).build().unwrap());
     let load = Load::start(&producer);
-    wait_for("traffic", Duration::from_secs(10), || records(&cluster.node(0)) > 100);
+    cluster.wait_for_records(101, Duration::from_secs(10));
     cluster.manager().stop_listening();
-    let before = records(&cluster.node(0));
-    wait_for("traffic with the Manager down", Duration::from_secs(10), || {
-        records(&cluster.node(0)) > before + 1000
-    });
+    // Traffic with the Manager down.
+    cluster.wait_for_records(cluster.stats().records + 1001, Duration::from_secs(10));
     cluster.manager().set_fault(ManagerFault::NullNodeList);
     cluster.manager().start_listening().unwrap();
     // An empty answer keeps the old list.
-    let before = records(&cluster.node(0));
-    wait_for("traffic after an empty answer", Duration::from_secs(10), || {
-        records(&cluster.node(0)) > before + 1000
-    });
+    cluster.wait_for_records(cluster.stats().records + 1001, Duration::from_secs(10));
     let (sent, acked, failed) = load.finish(&producer);
     assert_eq!((acked, failed), (sent, 0));
 }
@@ -266,7 +250,7 @@ fn connections_are_replaced_by_lifetime_without_loss() {
         Arc::new(builder(&cluster).max_conn_lifetime(Duration::from_millis(300)).build().unwrap());
     let load = Load::start(&producer);
     let first = cluster.stats().connections;
-    wait_for("several connection replacements", Duration::from_secs(15), || {
+    wait_until("several connection replacements", Duration::from_secs(15), || {
         cluster.stats().connections >= first + 6
     });
     let (sent, acked, failed) = load.finish(&producer);
@@ -281,11 +265,11 @@ fn when_every_node_fails_the_list_is_refreshed_at_once() {
     let producer =
         Arc::new(builder(&cluster).update_interval(Duration::from_secs(600)).build().unwrap());
     let load = Load::start(&producer);
-    wait_for("traffic", Duration::from_secs(10), || records(&cluster.node(0)) > 100);
+    cluster.wait_for_records(101, Duration::from_secs(10));
     let replacement = cluster.add_node().unwrap();
     cluster.remove_node(cluster.node(0).addr());
     cluster.node(0).stop();
-    let took = wait_for("traffic on the replacement", Duration::from_secs(10), || {
+    let took = wait_until("traffic on the replacement", Duration::from_secs(10), || {
         records(&replacement) > 100
     });
     eprintln!("replacement used {took:?} after the only node died");
@@ -298,7 +282,7 @@ fn nodes_going_offline_are_not_hammered_with_reconnects() {
     let cluster = cluster(2);
     let producer = Arc::new(builder(&cluster).build().unwrap());
     let load = Load::start(&producer);
-    wait_for("traffic", Duration::from_secs(10), || cluster.stats().records > 100);
+    cluster.wait_for_records(101, Duration::from_secs(10));
     let before = cluster.stats().connections;
     // Every node is being taken offline: each answers SERVICE_CLOSED (code 2).
     for node in cluster.nodes() {

@@ -2,28 +2,19 @@
 //! an invalid record: every Go SDK metric name with the right labels and counts, two producers in
 //! one registry without collisions, and `stats()` agreeing with the server.
 
+mod common;
+use common::{sample, wait_until};
+
 use std::time::Duration;
 
-use inlong_dataproxy::{Error, MetricsRegistry, Producer, Record, Transport};
+use inlong_dataproxy::{Error, MetricsRegistry, Record, Transport};
 use inlong_dataproxy_testkit::{ErrorInjection, LocalCluster};
-
-/// The value of the sample whose line starts with `series` (labels in Prometheus' sorted order).
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find(|line| line.starts_with(series) && line[series.len()..].starts_with(' '))
-        .and_then(|line| line.rsplit(' ').next())
-        .and_then(|value| value.parse().ok())
-}
 
 #[test]
 fn a_run_with_every_outcome_shows_up_under_the_go_names() {
     let cluster = LocalCluster::start(1).unwrap();
     let registry = MetricsRegistry::new(prometheus::Registry::new());
-    let producer = Producer::builder()
-        .group_id("test_group")
-        .manager_url(cluster.manager_url())
-        .node_list_cache(false)
-        .transport(Transport::Epoll)
+    let producer = common::builder(&cluster, Transport::Epoll)
         .shards(1)
         .metrics_name("metrics-test")
         .metrics_registry(registry.clone())
@@ -104,11 +95,9 @@ fn a_run_with_every_outcome_shows_up_under_the_go_names() {
     // The node drops the connection: a switch after the peer closed it (Go's code 20001).
     cluster.node(0).kill_connections();
     let series = format!(r#"data_proxy_update_conn_count{{code="20001",{name}}}"#);
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while sample(&registry.encode_text(), &series).is_none() {
-        assert!(std::time::Instant::now() < deadline, "no connection update counted");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_until("a connection update counted", Duration::from_secs(10), || {
+        sample(&registry.encode_text(), &series).is_some()
+    });
     expect_at_least(
         &registry.encode_text(),
         &format!(r#"data_proxy_error_count{{code="10015",{name}}}"#),
@@ -132,11 +121,7 @@ fn two_producers_share_a_registry_without_colliding() {
     let cluster = LocalCluster::start(1).unwrap();
     let registry = MetricsRegistry::new(prometheus::Registry::new());
     let build = |name: &str| {
-        Producer::builder()
-            .group_id("test_group")
-            .manager_url(cluster.manager_url())
-            .node_list_cache(false)
-            .transport(Transport::Epoll)
+        common::builder(&cluster, Transport::Epoll)
             .shards(1)
             .metrics_name(name)
             .metrics_registry(registry.clone())
@@ -160,10 +145,7 @@ fn two_producers_share_a_registry_without_colliding() {
     assert_eq!(a.stats().records_acked, 10, "stats are per producer even when names collide");
 
     // The default registry works too, and is shared by every producer that uses it.
-    let default = Producer::builder()
-        .group_id("test_group")
-        .manager_url(cluster.manager_url())
-        .node_list_cache(false)
+    let default = common::builder(&cluster, Transport::Auto)
         .metrics_name("default-registry-test")
         .build()
         .unwrap();

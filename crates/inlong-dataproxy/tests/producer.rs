@@ -6,24 +6,15 @@
 //! where io_uring is blocked (e.g. Docker's default seccomp).
 
 mod common;
-use common::{cluster, transports};
+use common::{builder, cluster, transports, wait_until};
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use inlong_dataproxy::{Error, Producer, ProducerBuilder, Record, Transport};
+use inlong_dataproxy::{Error, Producer, Record, Transport};
 use inlong_dataproxy_testkit::{ErrorInjection, LocalCluster};
-
-fn builder(cluster: &LocalCluster, transport: Transport) -> ProducerBuilder {
-    Producer::builder()
-        .group_id("test_group")
-        .manager_url(cluster.manager_url())
-        .node_list_cache(false)
-        .transport(transport)
-        .shards(2)
-}
 
 /// Counts how often each record's callback ran, and how each ended.
 #[derive(Default)]
@@ -67,13 +58,10 @@ impl Tally {
 
     /// Waits (with a deadline) until every record resolved, then checks it resolved exactly once.
     fn wait_all_once(&self, deadline: Duration) {
-        let until = Instant::now() + deadline;
-        while self.ok.load(Ordering::SeqCst) + self.failed.load(Ordering::SeqCst)
-            < self.calls.len() as u64
-        {
-            assert!(Instant::now() < until, "deliveries still unresolved after {deadline:?}");
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        wait_until("every delivery resolved", deadline, || {
+            self.ok.load(Ordering::SeqCst) + self.failed.load(Ordering::SeqCst)
+                >= self.calls.len() as u64
+        });
         for (i, calls) in self.calls.iter().enumerate() {
             assert_eq!(
                 calls.load(Ordering::SeqCst),
