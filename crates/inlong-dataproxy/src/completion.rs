@@ -15,6 +15,7 @@ use crate::error::Error;
 
 /// What the application learns about a delivered record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct DeliveryReport {
     /// The producer's numeric ID of the batch that carried the record (the wire `mid` is this
     /// ID prefixed with the producer's tag).
