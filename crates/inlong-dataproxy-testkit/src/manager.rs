@@ -136,8 +136,9 @@ pub struct ManagerStats {
     pub not_found: u64,
     /// Requests on the lookup path with a method other than POST (HTTP 405).
     pub method_not_allowed: u64,
-    /// Requests refused as malformed: bad HTTP, too large, chunked, timed out half-way, or a path
-    /// with broken percent-encoding.
+    /// Requests refused as malformed: a head hyper cannot parse or that is too large (400, 431),
+    /// no `Host` on HTTP/1.1, a chunked or too large body (411, 413), a body that stalled (408), or
+    /// a path with broken percent-encoding. A head that stalls is closed after a minute, uncounted.
     pub bad_request: u64,
     /// Lookups answered by [`ManagerFault::HttpStatus`] or [`ManagerFault::Garbage`].
     pub faulted: u64,
