@@ -343,28 +343,25 @@ fn bench_serves_prometheus_metrics_while_it_runs() {
     ]);
     let line = bench.wait_for_stderr("metrics at ");
     let url = line.strip_prefix("metrics at ").expect(&line);
-    let authority = url.strip_prefix("http://").and_then(|rest| rest.strip_suffix("/metrics"));
-    let authority = authority.expect(url);
+    let base = url.strip_suffix("/metrics").expect(url);
 
     // The address is announced once the producer's collectors exist.
-    let body = http_get(authority, "/metrics");
+    let (status, body) = http_get(url);
+    assert_eq!(status, 200, "{body}");
     assert!(body.contains("data_proxy_transport_info"), "{body}");
-    assert!(body.starts_with("HTTP/1.1 200 OK\r\n"), "{body}");
     assert!(body.contains(r#"name="dataproxy-rust""#), "{body}");
-    assert!(http_get(authority, "/other").starts_with("HTTP/1.1 404 "));
+    assert_eq!(http_get(&format!("{base}/other")).0, 404);
 
     let output = bench.finish(DEADLINE);
     assert!(output.status.success(), "{}", output.stderr);
     assert_eq!(json_summary(&output)["failed"], 0);
 }
 
-fn http_get(authority: &str, path: &str) -> String {
-    let mut stream = std::net::TcpStream::connect(authority).expect("connect to the metrics");
-    stream.set_read_timeout(Some(DEADLINE)).unwrap();
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {authority}\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    response
+/// The status and body of `GET url`.
+fn http_get(url: &str) -> (u16, String) {
+    let client = reqwest::blocking::Client::builder().timeout(DEADLINE).build().unwrap();
+    let response = client.get(url).send().expect("the metrics answer");
+    (response.status().as_u16(), response.text().expect("a text body"))
 }
 
 #[test]

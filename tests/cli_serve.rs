@@ -52,20 +52,15 @@ fn serve(args: &[&str]) -> (Server, mpsc::Receiver<String>) {
     (Server(child), rx)
 }
 
+fn http() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder().timeout(TIMEOUT).build().unwrap()
+}
+
+/// The Manager's answer for `group`.
 fn post(url: &str, group: &str) -> serde_json::Value {
-    let rest = url.strip_prefix("http://").unwrap();
-    let (authority, path) = rest.split_once('/').unwrap();
-    let mut stream = TcpStream::connect(authority).unwrap();
-    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
-    write!(
-        stream,
-        "POST /{path}/{group}?protocolType=TCP HTTP/1.1\r\nHost: {authority}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let body = &response[response.find("\r\n\r\n").unwrap() + 4..];
-    serde_json::from_str(body).unwrap()
+    let response = http().post(format!("{url}/{group}?protocolType=TCP")).send().unwrap();
+    assert_eq!(response.status(), 200);
+    serde_json::from_str(&response.text().unwrap()).unwrap()
 }
 
 /// Sends one batch on a new connection and checks that it was accepted.
@@ -187,14 +182,17 @@ fn serve_exposes_its_counters_on_the_metrics_address() {
     let node = &json["data"]["nodeList"][0];
     let addr = format!("{}:{}", node["ip"].as_str().unwrap(), node["port"]);
     send_one_batch(&addr, 3);
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
-    write!(stream, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-    let expected = format!("local_dataproxy_records_total{{node=\"{addr}\"}} 3");
-    assert!(response.contains(&expected), "{response}");
+    let response = http().get(format!("http://127.0.0.1:{port}/metrics")).send().unwrap();
+    assert_eq!(response.status(), 200);
+    let response = response.text().unwrap();
+    for (name, value) in
+        [("batches", 1), ("records", 3), ("errors", 0), ("duplicates", 0), ("connections", 1)]
+    {
+        let name = format!("local_dataproxy_{name}_total");
+        assert!(response.contains(&format!("# TYPE {name} counter\n")), "{response}");
+        let expected = format!("{name}{{node=\"{addr}\"}} {value}\n");
+        assert!(response.contains(&expected), "{response}");
+    }
     signal(&server, "TERM");
     assert!(server.0.wait().unwrap().success());
 }

@@ -149,9 +149,8 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode, String> {
     let registry = MetricsRegistry::default_registry();
     let metrics_addr = match &args.metrics_addr {
         Some(addr) => {
-            let registry = registry.clone();
             let addr = resolve_addr(addr, "--metrics-addr")?;
-            Some(serve_metrics(addr, move || registry.encode_text())?)
+            Some(serve_metrics(addr, registry.registry().clone())?)
         }
         None => None,
     };

@@ -247,61 +247,89 @@ fn resolve(mut future: DeliveryFuture) -> Result<DeliveryReport, Error> {
     future.wait()
 }
 
-/// `--metrics-addr`: the registry in Prometheus text format at `http://ADDR/metrics`, answered
-/// one scrape at a time by a plain thread that lives as long as the process. Binding happens here,
-/// so a busy or bad address fails before the run starts. Returns the address bound.
+/// `--metrics-addr`: everything in `registry`, encoded by `prometheus::TextEncoder`, at
+/// `http://ADDR/metrics`. hyper serves it on a one-thread tokio runtime of its own, on a thread
+/// that lives as long as the process, so a slow scraper holds up neither the run nor another
+/// scraper. Binding happens here, so a busy or bad address fails before the run starts. Returns
+/// the address bound.
 pub fn serve_metrics(
     addr: SocketAddr,
-    render: impl Fn() -> String + Send + 'static,
+    registry: prometheus::Registry,
 ) -> Result<SocketAddr, String> {
     let cannot = |e: std::io::Error| format!("cannot serve metrics on --metrics-addr {addr}: {e}");
     let listener = std::net::TcpListener::bind(addr).map_err(cannot)?;
     let bound = listener.local_addr().map_err(cannot)?;
+    listener.set_nonblocking(true).map_err(cannot)?;
+    let runtime =
+        tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(cannot)?;
+    let listener = {
+        let _entered = runtime.enter();
+        tokio::net::TcpListener::from_std(listener).map_err(cannot)?
+    };
     std::thread::Builder::new()
         .name("cli-metrics".to_owned())
-        .spawn(move || {
-            for stream in listener.incoming().flatten() {
-                // A scraper that misbehaves only loses its own answer.
-                let _ = answer_scrape(stream, &render);
-            }
-        })
+        .spawn(move || runtime.block_on(accept_scrapes(listener, registry)))
         .map_err(cannot)?;
     Ok(bound)
 }
 
-/// Reads one HTTP request head (bounded in size and time) and answers `GET /metrics`.
-fn answer_scrape(
-    mut stream: std::net::TcpStream,
-    render: &dyn Fn() -> String,
-) -> std::io::Result<()> {
-    use std::io::{Read, Write};
-    use std::time::Duration;
-    const MAX_HEAD: usize = 8192;
-    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
-    stream.set_write_timeout(Some(Duration::from_secs(2)))?;
-    let mut head = Vec::new();
-    let mut chunk = [0u8; 1024];
-    while head.len() < MAX_HEAD && !head.windows(4).any(|window| window == b"\r\n\r\n") {
-        let read = stream.read(&mut chunk)?;
-        if read == 0 {
-            break;
-        }
-        head.extend_from_slice(&chunk[..read]);
+/// Serves every connection on its own task until the process ends.
+async fn accept_scrapes(listener: tokio::net::TcpListener, registry: prometheus::Registry) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(error) => {
+                // Out of file descriptors, for example: try again shortly.
+                tracing::debug!(%error, "metrics accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                continue;
+            }
+        };
+        let registry = registry.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |request| {
+                let reply = scrape_reply(&request, &registry);
+                async move { Ok::<_, std::convert::Infallible>(reply) }
+            });
+            let served = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(std::time::Duration::from_secs(10))
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+            if let Err(error) = served {
+                tracing::debug!(%error, "metrics connection ended");
+            }
+        });
     }
-    let target = head.split(|byte| *byte == b' ').nth(1).unwrap_or_default();
-    let path = target.split(|byte| *byte == b'?').next().unwrap_or_default();
-    let (status, body) = if head.starts_with(b"GET ") && path == b"/metrics" {
-        ("200 OK", render())
-    } else {
-        ("404 Not Found", "GET /metrics\n".to_owned())
-    };
-    write!(
-        stream,
-        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )?;
-    stream.flush()
+}
+
+/// `GET /metrics` gets the text exposition; anything else a 404 that says what is served.
+fn scrape_reply<B>(
+    request: &hyper::Request<B>,
+    registry: &prometheus::Registry,
+) -> hyper::Response<http_body_util::Full<bytes::Bytes>> {
+    use prometheus::Encoder as _;
+    let encoder = prometheus::TextEncoder::new();
+    let (status, content_type, body) =
+        if request.method() == hyper::Method::GET && request.uri().path() == "/metrics" {
+            let mut body = Vec::new();
+            match encoder.encode(&registry.gather(), &mut body) {
+                Ok(()) => (hyper::StatusCode::OK, encoder.format_type(), body),
+                Err(error) => {
+                    let text = format!("cannot encode the metrics: {error}\n");
+                    (hyper::StatusCode::INTERNAL_SERVER_ERROR, "text/plain", text.into_bytes())
+                }
+            }
+        } else {
+            (hyper::StatusCode::NOT_FOUND, "text/plain", b"GET /metrics\n".to_vec())
+        };
+    let mut reply = hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from(body)));
+    *reply.status_mut() = status;
+    if let Ok(value) = hyper::header::HeaderValue::from_str(content_type) {
+        reply.headers_mut().insert(hyper::header::CONTENT_TYPE, value);
+    }
+    reply
 }
 
 #[cfg(test)]
@@ -327,6 +355,29 @@ mod tests {
         assert_eq!(tally.errors[&10004].0, 2);
         assert!((tally.latency_ms(0.5) - 2.0).abs() < 0.01);
         assert!(DeliveryTally::new().latency_ms(0.99).abs() < f64::EPSILON);
+    }
+
+    #[test]
+    fn scrapes_are_the_text_exposition_and_other_paths_404() {
+        let registry = prometheus::Registry::new();
+        let counter = prometheus::IntCounter::new("scraped_total", "a counter").unwrap();
+        registry.register(Box::new(counter.clone())).unwrap();
+        counter.inc_by(3);
+        let get = |method: &str, uri: &str| {
+            let request = hyper::Request::builder().method(method).uri(uri).body(()).unwrap();
+            scrape_reply(&request, &registry)
+        };
+        let reply = get("GET", "/metrics?x=1");
+        assert_eq!(reply.status(), 200);
+        assert!(reply.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
+        let body =
+            String::from_utf8(reply.into_body().into_inner().unwrap_or_default().to_vec()).unwrap();
+        assert_eq!(
+            body,
+            "# HELP scraped_total a counter\n# TYPE scraped_total counter\nscraped_total 3\n"
+        );
+        assert_eq!(get("GET", "/other").status(), 404);
+        assert_eq!(get("POST", "/metrics").status(), 404);
     }
 
     #[test]

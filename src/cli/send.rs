@@ -98,7 +98,7 @@ pub fn run(args: &SendArgs) -> Result<ExitCode, String> {
     if let Some(addr) = &args.metrics_addr {
         let registry = inlong_dataproxy::MetricsRegistry::default_registry();
         let addr = super::resolve_addr(addr, "--metrics-addr")?;
-        let bound = super::serve_metrics(addr, move || registry.encode_text())?;
+        let bound = super::serve_metrics(addr, registry.registry().clone())?;
         eprintln!("metrics at http://{bound}/metrics");
     }
     let producer = target

@@ -103,8 +103,9 @@ pub fn run(args: &ServeArgs) -> Result<ExitCode, String> {
 
     if let Some(addr) = &args.metrics_addr {
         let addr = super::resolve_addr(addr, "--metrics-addr")?;
-        let nodes = cluster.nodes();
-        let bound = super::serve_metrics(addr, move || render_node_metrics(&nodes))?;
+        let registry = NodeCounters::registry(cluster.nodes())
+            .map_err(|e| format!("cannot set up the node metrics: {e}"))?;
+        let bound = super::serve_metrics(addr, registry)?;
         eprintln!("metrics at http://{bound}/metrics");
     }
     {
@@ -278,28 +279,63 @@ fn spawn_control(
     Ok(closed_rx)
 }
 
-/// Every node's counters as Prometheus counters, labelled by node address.
-fn render_node_metrics(nodes: &[inlong_dataproxy_testkit::DataProxyNode]) -> String {
-    use std::fmt::Write as _;
-    let mut out = String::new();
-    type Series = (&'static str, &'static str, fn(&NodeStats) -> u64);
-    let series: [Series; 6] = [
-        ("local_dataproxy_batches_total", "batches accepted", |s| s.batches),
-        ("local_dataproxy_records_total", "records accepted", |s| s.records),
-        ("local_dataproxy_payload_bytes_total", "payload bytes accepted", |s| s.payload_bytes),
-        ("local_dataproxy_errors_total", "batches answered with an error code", |s| s.errors),
-        ("local_dataproxy_duplicates_total", "batches whose mid was seen before", |s| s.duplicates),
-        ("local_dataproxy_connections_total", "connections accepted", |s| s.connections),
-    ];
-    let stats: Vec<(String, NodeStats)> =
-        nodes.iter().map(|node| (node.addr().to_string(), node.stats())).collect();
-    for (name, help, value) in series {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-        for (node, stats) in &stats {
-            let _ = writeln!(out, "{name}{{node=\"{node}\"}} {}", value(stats));
-        }
+/// Which count of [`NodeStats`] a series exports.
+type NodeCount = fn(&NodeStats) -> u64;
+
+/// The node counters `--metrics-addr` serves: name, help, and which count.
+const NODE_SERIES: [(&str, &str, NodeCount); 6] = [
+    ("local_dataproxy_batches_total", "batches accepted", |s| s.batches),
+    ("local_dataproxy_records_total", "records accepted", |s| s.records),
+    ("local_dataproxy_payload_bytes_total", "payload bytes accepted", |s| s.payload_bytes),
+    ("local_dataproxy_errors_total", "batches answered with an error code", |s| s.errors),
+    ("local_dataproxy_duplicates_total", "batches whose mid was seen before", |s| s.duplicates),
+    ("local_dataproxy_connections_total", "connections accepted", |s| s.connections),
+];
+
+/// Every node's counters as Prometheus counters labelled `node="ADDR"`, brought up to the nodes'
+/// own counts at each scrape (the nodes count for themselves; this only exports).
+struct NodeCounters {
+    nodes: Vec<DataProxyNode>,
+    series: Vec<(prometheus::IntCounterVec, NodeCount)>,
+    /// One scrape at a time sets the counters, so two scrapes cannot mix their readings.
+    scrape: std::sync::Mutex<()>,
+}
+
+impl NodeCounters {
+    /// A registry holding the counters of `nodes`.
+    fn registry(nodes: Vec<DataProxyNode>) -> Result<prometheus::Registry, prometheus::Error> {
+        let series = NODE_SERIES
+            .iter()
+            .map(|&(name, help, count)| {
+                let opts = prometheus::Opts::new(name, help);
+                Ok((prometheus::IntCounterVec::new(opts, &["node"])?, count))
+            })
+            .collect::<Result<_, prometheus::Error>>()?;
+        let registry = prometheus::Registry::new();
+        let counters = NodeCounters { nodes, series, scrape: std::sync::Mutex::default() };
+        registry.register(Box::new(counters))?;
+        Ok(registry)
     }
-    out
+}
+
+impl prometheus::core::Collector for NodeCounters {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        self.series.iter().flat_map(|(counter, _)| counter.desc()).collect()
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        let _one_scrape = self.scrape.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for node in &self.nodes {
+            let stats = node.stats();
+            let label = node.addr().to_string();
+            for (counter, count) in &self.series {
+                let counter = counter.with_label_values(&[label.as_str()]);
+                counter.reset();
+                counter.inc_by(count(&stats));
+            }
+        }
+        self.series.iter().flat_map(|(counter, _)| counter.collect()).collect()
+    }
 }
 
 /// The totals every JSON line of `serve` starts with.

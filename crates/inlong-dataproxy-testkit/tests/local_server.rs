@@ -535,21 +535,11 @@ fn many_connections_and_streams_are_counted_exactly() {
 #[test]
 fn manager_lists_the_cluster_nodes() {
     let cluster = LocalCluster::start(2).unwrap();
-    let url = cluster.manager_url();
-    let rest = url.strip_prefix("http://").unwrap();
-    let (authority, path) = rest.split_once('/').unwrap();
-    let mut stream = TcpStream::connect(authority).unwrap();
-    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
-    write!(
-        stream,
-        "POST /{path}/test_group?protocolType=TCP HTTP/1.1\r\nHost: {authority}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-    let body = &response[response.find("\r\n\r\n").unwrap() + 4..];
-    let json: serde_json::Value = serde_json::from_str(body).unwrap();
+    let client = reqwest::blocking::Client::builder().timeout(TIMEOUT).build().unwrap();
+    let url = format!("{}/test_group?protocolType=TCP", cluster.manager_url());
+    let response = client.post(url).send().unwrap();
+    assert_eq!(response.status(), 200);
+    let json: serde_json::Value = serde_json::from_str(&response.text().unwrap()).unwrap();
     assert_eq!(json["success"], true);
     let nodes = json["data"]["nodeList"].as_array().unwrap();
     let ports: Vec<u64> = nodes.iter().map(|n| n["port"].as_u64().unwrap()).collect();

@@ -10,10 +10,12 @@
 //! metric names and labels are the Go SDK's (`data_proxy_msg_count{name,code}` and friends), so
 //! dashboards built for the Go SDK work unchanged.
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
 use inlong_dataproxy::{MetricsRegistry, Producer, Record};
 use inlong_dataproxy_testkit::LocalCluster;
 
@@ -37,16 +39,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .metrics_registry(registry.clone())
         .build()?;
 
-    // The HTTP exporter: a plain thread answering GET /metrics with the text format.
+    // The HTTP exporter: hyper on a small tokio runtime, answering GET /metrics.
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
     let addr = std::env::var("INLONG_METRICS_ADDR").unwrap_or_else(|_| "127.0.0.1:0".to_owned());
-    let listener = TcpListener::bind(addr)?;
+    let listener = runtime.block_on(tokio::net::TcpListener::bind(addr))?;
     let bound = listener.local_addr()?;
-    let exported = registry.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            let _ = answer(stream, &exported);
-        }
-    });
+    runtime.spawn(export(listener, registry.clone()));
     println!("metrics at http://{bound}/metrics");
 
     for i in 0..10_000 {
@@ -54,9 +53,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     producer.flush_blocking(Duration::from_secs(30))?;
 
-    // Scrape ourselves once to show what a Prometheus server would see.
-    let scrape = scrape(&bound.to_string())?;
-    for line in scrape.lines().filter(|line| line.starts_with("data_proxy_msg_count")) {
+    // Scrape ourselves once, with reqwest, to show what a Prometheus server would see.
+    let scrape = runtime.block_on(async {
+        let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
+        let response = client.get(format!("http://{bound}/metrics")).send().await?;
+        response.error_for_status()?.text().await
+    })?;
+    let counts: Vec<&str> =
+        scrape.lines().filter(|line| line.starts_with("data_proxy_msg_count")).collect();
+    if counts.is_empty() {
+        return Err(format!("the scrape has no data_proxy_msg_count:\n{scrape}").into());
+    }
+    for line in counts {
         println!("{line}");
     }
     let stats = producer.stats();
@@ -72,29 +80,31 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-/// Answers one request: `/metrics` gets the registry, anything else a 404.
-fn answer(mut stream: TcpStream, registry: &MetricsRegistry) -> std::io::Result<()> {
-    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
-    let mut head = [0u8; 4096];
-    let read = stream.read(&mut head)?;
-    let request = String::from_utf8_lossy(&head[..read]);
-    let (status, body) = if request.starts_with("GET /metrics") {
-        ("200 OK", registry.encode_text())
-    } else {
-        ("404 Not Found", String::new())
-    };
-    write!(
-        stream,
-        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-}
-
-fn scrape(addr: &str) -> std::io::Result<String> {
-    let mut stream = TcpStream::connect(addr)?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(stream, "GET /metrics HTTP/1.1\r\nHost: {addr}\r\n\r\n")?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    Ok(response)
+/// Serves every connection on its own task: `/metrics` gets the registry, anything else a 404.
+async fn export(listener: tokio::net::TcpListener, registry: MetricsRegistry) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            // Out of file descriptors, for example: try again shortly.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        };
+        let registry = registry.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |request: Request<_>| {
+                let reply = if request.method() == Method::GET && request.uri().path() == "/metrics"
+                {
+                    Response::builder()
+                        .header("content-type", "text/plain; version=0.0.4")
+                        .body(Full::new(Bytes::from(registry.encode_text())))
+                } else {
+                    Response::builder().status(StatusCode::NOT_FOUND).body(Full::new(Bytes::new()))
+                };
+                async move { reply }
+            });
+            // A scraper that misbehaves only loses its own connection.
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
 }
