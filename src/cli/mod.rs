@@ -165,15 +165,18 @@ impl DeliveryTally {
     /// Counts one delivery's result.
     pub fn count(&mut self, result: Result<DeliveryReport, Error>) {
         match result {
-            Ok(report) => {
-                self.acked += 1;
-                let micros = u64::try_from(report.latency.as_micros()).unwrap_or(u64::MAX);
-                self.latency_us.saturating_record(micros.max(1));
-            }
+            Ok(report) => self.ack(report.latency),
             // A delivery resolves with `FlushTimeout` only when the close deadline cut it short.
             Err(Error::FlushTimeout { .. }) => self.undelivered += 1,
             Err(error) => self.fail(&error),
         }
+    }
+
+    /// Counts one acked record, delivered `latency` after it was sent.
+    pub fn ack(&mut self, latency: std::time::Duration) {
+        self.acked += 1;
+        let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        self.latency_us.saturating_record(micros.max(1));
     }
 
     /// Counts one failed record.
@@ -343,13 +346,7 @@ mod tests {
         tally.fail(&Error::QueueFull);
         tally.fail(&Error::ProducerClosed);
         tally.count(Err(Error::FlushTimeout { undelivered: 7 }));
-        tally.count(Ok(DeliveryReport {
-            batch_id: 1,
-            endpoint: "127.0.0.1:1".parse().unwrap(),
-            latency: std::time::Duration::from_millis(2),
-            retries: 0,
-            metadata: 0,
-        }));
+        tally.ack(std::time::Duration::from_millis(2));
         assert_eq!((tally.acked, tally.failed, tally.undelivered), (1, 3, 1));
         assert_eq!(tally.errors.len(), 2);
         assert_eq!(tally.errors[&10004].0, 2);
