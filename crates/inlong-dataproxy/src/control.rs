@@ -27,10 +27,10 @@ pub struct ControlThread {
 impl ControlThread {
     /// Starts the thread and its runtime.
     pub fn start() -> Result<ControlThread, Error> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| Error::Transport(format!("control runtime: {e}")))?;
+        let runtime =
+            tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| {
+                Error::Spawn { what: "the control thread's runtime", reason: e.to_string().into() }
+            })?;
         let handle = runtime.handle().clone();
         let (stop, stopped) = oneshot::channel::<()>();
         let thread = std::thread::Builder::new()
@@ -40,7 +40,10 @@ impl ControlThread {
                     let _ = stopped.await;
                 });
             })
-            .map_err(|e| Error::Transport(format!("control thread: {e}")))?;
+            .map_err(|e| Error::Spawn {
+                what: "the control thread",
+                reason: e.to_string().into(),
+            })?;
         Ok(ControlThread { handle, stop: Some(stop), thread: Some(thread) })
     }
 
@@ -151,7 +154,7 @@ pub fn initial_endpoints(
     };
     let endpoints = control
         .run(lookup)
-        .ok_or_else(|| Error::Transport("control thread stopped".to_owned()))?
+        .ok_or_else(|| Error::Spawn { what: "the control thread", reason: "it stopped".into() })?
         .map_err(|error| match error {
             discovery::DiscoveryError::NoEndpoints => {
                 Error::no_endpoints(ConnectFailures::default())

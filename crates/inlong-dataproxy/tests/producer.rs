@@ -367,7 +367,11 @@ fn blocking_mode_waits_for_room_then_delivers() {
 #[test]
 fn invalid_records_get_typed_errors_and_never_reach_the_wire() {
     let cluster = cluster(1);
-    let producer = builder(&cluster, Transport::Epoll).max_packet_length(4096).build().unwrap();
+    let producer = builder(&cluster, Transport::Epoll)
+        .max_packet_length(4096)
+        .batching_max_size(4096)
+        .build()
+        .unwrap();
     let cases = [
         (Record::new("s", ""), 10010),
         (Record::new("s", "\n"), 10010),
