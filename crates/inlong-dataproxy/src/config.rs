@@ -5,12 +5,11 @@
 //! a clear [`Error::InvalidConfig`] instead of silently replacing them, as the Go setters do.
 //! The builder in [`ProducerBuilder`](crate::ProducerBuilder) is the usual way to set them.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::discovery::AuthProvider;
+use crate::discovery::{AuthProvider, Endpoint};
 use crate::metrics::MetricsRegistry;
 
 use crate::error::Error;
@@ -62,8 +61,9 @@ pub struct ProducerConfig {
     pub group_id: String,
     /// `URL`: the Manager's `getIpList` base URL, without the group ID.
     pub manager_url: Option<String>,
-    /// A static DataProxy node list; no Manager is asked when set.
-    pub endpoints: Vec<SocketAddr>,
+    /// A static DataProxy node list, each `host:port` (an IP literal, `[v6]:port`, or a host name
+    /// resolved at `build()`); no Manager is asked when set.
+    pub endpoints: Vec<String>,
     /// Bound on connecting to the Manager (3 s).
     pub manager_connect_timeout: Duration,
     /// Bound on a whole Manager lookup request (10 s).
@@ -367,9 +367,10 @@ impl ProducerConfig {
             (None, false) => {}
         }
         for endpoint in &self.endpoints {
-            if endpoint.port() == 0 || endpoint.ip().is_unspecified() {
-                return bad("endpoints", format!("{endpoint} is not an address to connect to"));
-            }
+            parse_endpoint(endpoint).map_err(|reason| Error::InvalidConfig {
+                option: "endpoints",
+                reason: format!("{endpoint:?} {reason}"),
+            })?;
         }
         match (&self.secret_id, &self.secret_key) {
             (None, None) => {}
@@ -390,6 +391,25 @@ impl ProducerConfig {
     }
 }
 
+/// A static endpoint, `host:port` or `[v6]:port`: the node, or why it is not one.
+pub(crate) fn parse_endpoint(text: &str) -> Result<Endpoint, &'static str> {
+    let text = text.trim();
+    let (host, port) = match text.strip_prefix('[') {
+        Some(rest) => rest.split_once("]:").map(|(host, port)| (format!("[{host}]"), port)),
+        None => text.rsplit_once(':').map(|(host, port)| (host.to_owned(), port)),
+    }
+    .ok_or("is not host:port")?;
+    if host.contains(':') && !host.starts_with('[') {
+        return Err("is not host:port (put an IPv6 address in brackets: [::1]:46801)");
+    }
+    let port: u16 = port.parse().map_err(|_| "has no valid port")?;
+    let endpoint = Endpoint::new(&host, port).ok_or("is not a valid host and non-zero port")?;
+    if endpoint.to_socket_addr().is_some_and(|addr| addr.ip().is_unspecified()) {
+        return Err("is not an address to connect to");
+    }
+    Ok(endpoint)
+}
+
 /// The reason of a Manager client config error, without its prefix.
 fn config_reason(error: crate::discovery::DiscoveryError) -> String {
     match error {
@@ -408,7 +428,7 @@ mod tests {
     fn valid() -> ProducerConfig {
         ProducerConfig {
             group_id: "g".into(),
-            endpoints: vec!["127.0.0.1:1".parse().unwrap()],
+            endpoints: vec!["127.0.0.1:1".into()],
             ..ProducerConfig::default()
         }
     }
@@ -438,6 +458,7 @@ mod tests {
             endpoints: vec![],
             ..valid()
         };
+        let endpoints = |text: &str| ProducerConfig { endpoints: vec![text.into()], ..valid() };
         let secret = |id: Option<&str>, key: Option<&str>| ProducerConfig {
             secret_id: id.map(str::to_owned),
             secret_key: key.map(|key| Secret(key.to_owned())),
@@ -452,14 +473,15 @@ mod tests {
             ("manager_url", manager("http://user:pw@m/x")),
             ("manager_url", manager("http://m/x?a=1")),
             ("endpoints", ProducerConfig { manager_url: Some("http://m/x".into()), ..valid() }),
-            (
-                "endpoints",
-                ProducerConfig { endpoints: vec!["127.0.0.1:0".parse().unwrap()], ..valid() },
-            ),
-            (
-                "endpoints",
-                ProducerConfig { endpoints: vec!["0.0.0.0:1".parse().unwrap()], ..valid() },
-            ),
+            ("endpoints", endpoints("127.0.0.1:0")),
+            ("endpoints", endpoints("0.0.0.0:1")),
+            ("endpoints", endpoints("[::]:1")),
+            ("endpoints", endpoints("dp1.example")),
+            ("endpoints", endpoints("dp1.example:x")),
+            ("endpoints", endpoints("dp1.example:70000")),
+            ("endpoints", endpoints("::1:46801")),
+            ("endpoints", endpoints("bad host:46801")),
+            ("endpoints", endpoints(":46801")),
             ("secret_key", secret(Some("id"), None)),
             ("secret_id", secret(None, Some("key"))),
             ("secret_key", secret(Some(" "), Some("key"))),
@@ -560,6 +582,9 @@ mod tests {
             ProducerConfig { heartbeat_interval: ms(500), heartbeat_timeout: ms(500), ..valid() },
             manager("https://m.example/inlong/manager/openapi/dataproxy/getIpList/"),
             secret(Some("id"), Some("key")),
+            endpoints("dp1.example:46801"),
+            endpoints("[::1]:46801"),
+            endpoints(" 10.0.0.1:46801 "),
         ];
         for config in fine {
             assert_eq!(config.validate(), Ok(()), "{config:?}");

@@ -9,7 +9,6 @@
 //! attempts, at the close deadline, or with `ProducerClosed` when the producer is dropped.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -62,9 +61,15 @@ impl ProducerBuilder {
         self
     }
 
-    /// A static node list instead of the Manager.
-    pub fn endpoints(mut self, endpoints: impl IntoIterator<Item = SocketAddr>) -> Self {
-        self.config.endpoints = endpoints.into_iter().collect();
+    /// A static node list instead of the Manager: `host:port` strings (IP literals, `[v6]:port`,
+    /// or host names resolved at `build()`) or `SocketAddr`s, e.g.
+    /// `.endpoints(["dp1.example:46801", "127.0.0.1:46802"])`.
+    pub fn endpoints<I>(mut self, endpoints: I) -> Self
+    where
+        I: IntoIterator,
+        I::Item: ToString,
+    {
+        self.config.endpoints = endpoints.into_iter().map(|e| e.to_string()).collect();
         self
     }
 
