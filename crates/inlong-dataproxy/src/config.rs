@@ -5,12 +5,11 @@
 //! a clear [`Error::InvalidConfig`] instead of silently replacing them, as the Go setters do.
 //! The builder in [`ProducerBuilder`](crate::ProducerBuilder) is the usual way to set them.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::discovery::AuthProvider;
+use crate::discovery::{AuthProvider, Endpoint};
 use crate::metrics::MetricsRegistry;
 
 use crate::error::Error;
@@ -62,8 +61,9 @@ pub struct ProducerConfig {
     pub group_id: String,
     /// `URL`: the Manager's `getIpList` base URL, without the group ID.
     pub manager_url: Option<String>,
-    /// A static DataProxy node list; no Manager is asked when set.
-    pub endpoints: Vec<SocketAddr>,
+    /// A static DataProxy node list, each `host:port` (an IP literal, `[v6]:port`, or a host name
+    /// resolved at `build()`); no Manager is asked when set.
+    pub endpoints: Vec<String>,
     /// Bound on connecting to the Manager (3 s).
     pub manager_connect_timeout: Duration,
     /// Bound on a whole Manager lookup request (10 s).
@@ -98,11 +98,6 @@ pub struct ProducerConfig {
     pub socket_send_buffer_size: usize,
     /// `SocketRecvBufferSize`: `SO_RCVBUF` (1 MiB).
     pub socket_recv_buffer_size: usize,
-    /// `BufferPoolSize` (409600): accepted for parity with Go, where it sizes a pool of byte
-    /// slices. Here each shard's pools are sized by the other settings: frame buffers up to
-    /// what its backlogs held in flight (all shards together at most `max_pending_bytes`),
-    /// fixed-size write and read buffers, and up to 1 MiB of spare batch bodies.
-    pub buffer_pool_size: usize,
     /// `MetricsName`: the `name` label of every metric (`dataproxy-rust`).
     pub metrics_name: String,
     /// `MetricsRegistry`: where the collectors live (default: the process-wide registry around
@@ -158,7 +153,9 @@ pub struct ProducerConfig {
     pub heartbeat_interval: Duration,
     /// How long a heartbeat may wait for its reply before the connection is declared dead (10 s).
     pub heartbeat_timeout: Duration,
-    /// Default deadline of [`Producer::close`](crate::Producer::close) when dropped (30 s).
+    /// How long dropping the producer without [`Producer::close`](crate::Producer::close) waits
+    /// for the pending records to be delivered (0: not at all, the default); at the end, the
+    /// rest fail with `ProducerClosed`. A drop in a delivery callback never waits.
     pub close_timeout: Duration,
 }
 
@@ -184,7 +181,6 @@ impl Default for ProducerConfig {
             read_buffer_size: 1 << 20,
             socket_send_buffer_size: 8 << 20,
             socket_recv_buffer_size: 1 << 20,
-            buffer_pool_size: 409_600,
             metrics_name: "dataproxy-rust".to_owned(),
             metrics_registry: None,
             shards: available_cpus(),
@@ -207,7 +203,7 @@ impl Default for ProducerConfig {
             compression: true,
             heartbeat_interval: Duration::from_secs(60),
             heartbeat_timeout: Duration::from_secs(10),
-            close_timeout: Duration::from_secs(30),
+            close_timeout: Duration::ZERO,
         }
     }
 }
@@ -233,28 +229,29 @@ fn cgroup_cpu_quota() -> Option<usize> {
     Some(cpus.max(1))
 }
 
+/// The longest any duration option may be.
+const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
+/// The largest socket or connection buffer (`SO_SNDBUF`/`SO_RCVBUF` take an `int`).
+const MAX_BUFFER: usize = 1 << 30;
+
 impl ProducerConfig {
-    /// Checks every option; the first bad one is reported.
+    /// Checks every option (what [`ProducerBuilder::build`](crate::ProducerBuilder::build) does
+    /// first); the first bad one is reported as [`Error::InvalidConfig`] naming it, or, for the
+    /// group ID and the add-columns, as [`Error::InvalidField`].
     pub fn validate(&self) -> Result<(), Error> {
-        let bad = |option: &'static str, reason: &str| {
-            Err(Error::InvalidConfig { option, reason: reason.to_owned() })
-        };
+        let bad =
+            |option: &'static str, reason: String| Err(Error::InvalidConfig { option, reason });
         crate::protocol::validate_id(crate::error::Field::GroupId, &self.group_id)?;
-        match (&self.manager_url, self.endpoints.is_empty()) {
-            (None, true) => return bad("manager_url", "set a Manager URL or static endpoints"),
-            (Some(url), _) if url.trim().is_empty() => {
-                return bad("manager_url", "must not be empty");
-            }
-            _ => {}
-        }
+        self.validate_nodes()?;
         if self.shards == 0 || self.shards > 1024 {
-            return bad("shards", "must be between 1 and 1024");
+            return bad("shards", "must be between 1 and 1024".into());
         }
         let durations = [
             ("update_interval", self.update_interval),
             ("conn_timeout", self.conn_timeout),
             ("manager_connect_timeout", self.manager_connect_timeout),
             ("manager_request_timeout", self.manager_request_timeout),
+            ("node_list_cache_max_age", self.node_list_cache_max_age),
             ("send_timeout", self.send_timeout),
             ("retry_initial_interval", self.retry_initial_interval),
             ("heartbeat_interval", self.heartbeat_interval),
@@ -262,48 +259,165 @@ impl ProducerConfig {
         ];
         for (option, value) in durations {
             if value.is_zero() {
-                return bad(option, "must be greater than zero");
+                return bad(option, "must be greater than zero".into());
             }
-            if value > Duration::from_secs(7 * 24 * 3600) {
-                return bad(option, "must be at most a week");
+            if value > MAX_DURATION {
+                return bad(option, "must be at most a week".into());
             }
+        }
+        if self.close_timeout > MAX_DURATION {
+            return bad("close_timeout", "must be at most a week".into());
+        }
+        if self.max_conn_lifetime.is_some_and(|d| d.is_zero() || d > MAX_DURATION) {
+            return bad("max_conn_lifetime", "must be between 1 ns and a week when set".into());
+        }
+        if self.retry_initial_interval > RETRY_MAX_INTERVAL {
+            return bad(
+                "retry_initial_interval",
+                "must be at most 10 s (the backoff's cap)".into(),
+            );
+        }
+        if self.heartbeat_timeout > self.heartbeat_interval {
+            return bad(
+                "heartbeat_timeout",
+                format!(
+                    "{:?} is longer than heartbeat_interval ({:?}): a heartbeat would still wait \
+                     for its reply when the next one is due",
+                    self.heartbeat_timeout, self.heartbeat_interval
+                ),
+            );
         }
         if self.batching_max_publish_delay > Duration::from_secs(60) {
-            return bad("batching_max_publish_delay", "must be at most 60 s");
+            return bad("batching_max_publish_delay", "must be at most 60 s".into());
         }
         if self.max_retries > 100 {
-            return bad("max_retries", "must be at most 100");
+            return bad("max_retries", "must be at most 100".into());
         }
         if self.batching_max_messages == 0 || self.batching_max_messages > 1_000_000 {
-            return bad("batching_max_messages", "must be between 1 and 1000000");
-        }
-        if self.batching_max_size == 0 {
-            return bad("batching_max_size", "must be greater than zero");
+            return bad("batching_max_messages", "must be between 1 and 1000000".into());
         }
         if self.max_packet_length < 1024 || self.max_packet_length > 20 << 20 {
             return bad(
                 "max_packet_length",
-                "must be between 1 KiB and 20 MiB (the server's range)",
+                "must be between 1 KiB and 20 MiB (the server's range)".into(),
+            );
+        }
+        if self.batching_max_size == 0 || self.batching_max_size > self.max_packet_length {
+            return bad(
+                "batching_max_size",
+                format!(
+                    "must be between 1 and max_packet_length ({} bytes): a batch never grows past \
+                     one frame",
+                    self.max_packet_length
+                ),
             );
         }
         if self.max_pending_messages == 0
             || self.max_pending_messages as u64 > crate::budget::MAX_RECORDS
         {
-            return bad("max_pending_messages", "must be between 1 and 134217728 (2^27)");
+            return bad("max_pending_messages", "must be between 1 and 134217728 (2^27)".into());
         }
         if self.max_pending_bytes == 0 || self.max_pending_bytes as u64 > crate::budget::MAX_BYTES {
-            return bad("max_pending_bytes", "must be between 1 and 32 GiB");
+            return bad("max_pending_bytes", "must be between 1 and 32 GiB".into());
         }
-        if self.write_buffer_size == 0 || self.read_buffer_size == 0 {
-            return bad("write_buffer_size", "buffer sizes must be greater than zero");
+        let buffers = [
+            ("write_buffer_size", self.write_buffer_size),
+            ("read_buffer_size", self.read_buffer_size),
+            ("socket_send_buffer_size", self.socket_send_buffer_size),
+            ("socket_recv_buffer_size", self.socket_recv_buffer_size),
+        ];
+        for (option, value) in buffers {
+            if value == 0 || value > MAX_BUFFER {
+                return bad(option, "must be between 1 byte and 1 GiB".into());
+            }
         }
-        if self.max_conn_lifetime.is_some_and(|d| d.is_zero()) {
-            return bad("max_conn_lifetime", "must be greater than zero when set");
+        if self.metrics_name.is_empty() {
+            return bad(
+                "metrics_name",
+                "must not be empty (it is every metric's name label)".into(),
+            );
         }
         crate::protocol::AddColumns::new(self.add_columns.iter().map(|(k, v)| (k, v)), "0.0.0.0")?;
         Ok(())
     }
+
+    /// Where the nodes come from: a Manager URL or static endpoints (one of them), and the
+    /// Manager's credentials.
+    fn validate_nodes(&self) -> Result<(), Error> {
+        let bad =
+            |option: &'static str, reason: String| Err(Error::InvalidConfig { option, reason });
+        match (&self.manager_url, self.endpoints.is_empty()) {
+            (None, true) => {
+                return bad("manager_url", "set a Manager URL or static endpoints".into())
+            }
+            (Some(_), false) => {
+                return bad(
+                    "endpoints",
+                    "set either manager_url or static endpoints, not both".into(),
+                );
+            }
+            (Some(url), true) => {
+                let url = crate::discovery::normalize_manager_url(url);
+                crate::discovery::validate_manager_url(url).map_err(|error| {
+                    Error::InvalidConfig { option: "manager_url", reason: config_reason(error) }
+                })?;
+            }
+            (None, false) => {}
+        }
+        for endpoint in &self.endpoints {
+            parse_endpoint(endpoint).map_err(|reason| Error::InvalidConfig {
+                option: "endpoints",
+                reason: format!("{endpoint:?} {reason}"),
+            })?;
+        }
+        match (&self.secret_id, &self.secret_key) {
+            (None, None) => {}
+            (Some(id), Some(key)) => {
+                crate::discovery::validate_credentials(id, &key.0).map_err(|error| {
+                    Error::InvalidConfig { option: "secret_key", reason: config_reason(error) }
+                })?;
+            }
+            (Some(_), None) => return bad("secret_key", "secret_id is set without it".into()),
+            (None, Some(_)) => return bad("secret_id", "secret_key is set without it".into()),
+        }
+        if let Some(tenant) = &self.tenant {
+            if tenant.trim().is_empty() || reqwest::header::HeaderValue::from_str(tenant).is_err() {
+                return bad("tenant", "must be a non-blank, valid HTTP header value".into());
+            }
+        }
+        Ok(())
+    }
 }
+
+/// A static endpoint, `host:port` or `[v6]:port`: the node, or why it is not one.
+pub(crate) fn parse_endpoint(text: &str) -> Result<Endpoint, &'static str> {
+    let text = text.trim();
+    let (host, port) = match text.strip_prefix('[') {
+        Some(rest) => rest.split_once("]:").map(|(host, port)| (format!("[{host}]"), port)),
+        None => text.rsplit_once(':').map(|(host, port)| (host.to_owned(), port)),
+    }
+    .ok_or("is not host:port")?;
+    if host.contains(':') && !host.starts_with('[') {
+        return Err("is not host:port (put an IPv6 address in brackets: [::1]:46801)");
+    }
+    let port: u16 = port.parse().map_err(|_| "has no valid port")?;
+    let endpoint = Endpoint::new(&host, port).ok_or("is not a valid host and non-zero port")?;
+    if endpoint.to_socket_addr().is_some_and(|addr| addr.ip().is_unspecified()) {
+        return Err("is not an address to connect to");
+    }
+    Ok(endpoint)
+}
+
+/// The reason of a Manager client config error, without its prefix.
+fn config_reason(error: crate::discovery::DiscoveryError) -> String {
+    match error {
+        crate::discovery::DiscoveryError::Config { reason } => reason,
+        other => other.to_string(),
+    }
+}
+
+/// The backoff's cap (`retry_initial_interval × 2^n` stops growing there).
+pub(crate) const RETRY_MAX_INTERVAL: Duration = Duration::from_secs(10);
 
 #[cfg(test)]
 mod tests {
@@ -312,7 +426,7 @@ mod tests {
     fn valid() -> ProducerConfig {
         ProducerConfig {
             group_id: "g".into(),
-            endpoints: vec!["127.0.0.1:1".parse().unwrap()],
+            endpoints: vec!["127.0.0.1:1".into()],
             ..ProducerConfig::default()
         }
     }
@@ -334,36 +448,145 @@ mod tests {
     }
 
     #[test]
-    fn absurd_values_are_refused() {
+    fn every_rule_refuses_with_the_option_named() {
+        let ms = Duration::from_millis;
+        let week = Duration::from_secs(7 * 24 * 3600);
+        let manager = |url: &str| ProducerConfig {
+            manager_url: Some(url.into()),
+            endpoints: vec![],
+            ..valid()
+        };
+        let endpoints = |text: &str| ProducerConfig { endpoints: vec![text.into()], ..valid() };
+        let secret = |id: Option<&str>, key: Option<&str>| ProducerConfig {
+            secret_id: id.map(str::to_owned),
+            secret_key: key.map(|key| Secret(key.to_owned())),
+            ..manager("http://m:8083/inlong/manager/openapi/dataproxy/getIpList")
+        };
         let cases: Vec<(&str, ProducerConfig)> = vec![
-            ("group_id", ProducerConfig { group_id: String::new(), ..valid() }),
-            ("group_id", ProducerConfig { group_id: "a b".into(), ..valid() }),
             ("manager_url", ProducerConfig { endpoints: vec![], ..valid() }),
+            ("manager_url", manager("ftp://x")),
+            ("manager_url", manager("")),
+            ("manager_url", manager("not a url")),
+            ("manager_url", manager("http://")),
+            ("manager_url", manager("http://user:pw@m/x")),
+            ("manager_url", manager("http://m/x?a=1")),
+            ("endpoints", ProducerConfig { manager_url: Some("http://m/x".into()), ..valid() }),
+            ("endpoints", endpoints("127.0.0.1:0")),
+            ("endpoints", endpoints("0.0.0.0:1")),
+            ("endpoints", endpoints("[::]:1")),
+            ("endpoints", endpoints("dp1.example")),
+            ("endpoints", endpoints("dp1.example:x")),
+            ("endpoints", endpoints("dp1.example:70000")),
+            ("endpoints", endpoints("::1:46801")),
+            ("endpoints", endpoints("bad host:46801")),
+            ("endpoints", endpoints(":46801")),
+            ("secret_key", secret(Some("id"), None)),
+            ("secret_id", secret(None, Some("key"))),
+            ("secret_key", secret(Some(" "), Some("key"))),
+            ("secret_key", secret(Some("a:b"), Some("key"))),
+            ("tenant", ProducerConfig { tenant: Some(" ".into()), ..valid() }),
+            ("tenant", ProducerConfig { tenant: Some("a\nb".into()), ..valid() }),
             ("shards", ProducerConfig { shards: 0, ..valid() }),
-            ("batching_max_size", ProducerConfig { batching_max_size: 0, ..valid() }),
-            ("batching_max_messages", ProducerConfig { batching_max_messages: 0, ..valid() }),
+            ("shards", ProducerConfig { shards: 1025, ..valid() }),
+            ("update_interval", ProducerConfig { update_interval: Duration::ZERO, ..valid() }),
+            ("conn_timeout", ProducerConfig { conn_timeout: Duration::ZERO, ..valid() }),
+            (
+                "manager_connect_timeout",
+                ProducerConfig { manager_connect_timeout: Duration::ZERO, ..valid() },
+            ),
+            (
+                "manager_request_timeout",
+                ProducerConfig { manager_request_timeout: week * 2, ..valid() },
+            ),
+            (
+                "node_list_cache_max_age",
+                ProducerConfig { node_list_cache_max_age: Duration::ZERO, ..valid() },
+            ),
             ("send_timeout", ProducerConfig { send_timeout: Duration::ZERO, ..valid() }),
+            (
+                "retry_initial_interval",
+                ProducerConfig { retry_initial_interval: Duration::ZERO, ..valid() },
+            ),
+            (
+                "retry_initial_interval",
+                ProducerConfig { retry_initial_interval: Duration::from_secs(11), ..valid() },
+            ),
+            (
+                "heartbeat_interval",
+                ProducerConfig { heartbeat_interval: Duration::ZERO, ..valid() },
+            ),
+            ("heartbeat_timeout", ProducerConfig { heartbeat_timeout: Duration::ZERO, ..valid() }),
+            (
+                "heartbeat_timeout",
+                ProducerConfig {
+                    heartbeat_interval: ms(500),
+                    heartbeat_timeout: ms(501),
+                    ..valid()
+                },
+            ),
+            ("close_timeout", ProducerConfig { close_timeout: week * 2, ..valid() }),
+            (
+                "max_conn_lifetime",
+                ProducerConfig { max_conn_lifetime: Some(Duration::ZERO), ..valid() },
+            ),
+            (
+                "batching_max_publish_delay",
+                ProducerConfig { batching_max_publish_delay: ms(60_001), ..valid() },
+            ),
+            ("max_retries", ProducerConfig { max_retries: 101, ..valid() }),
+            ("batching_max_messages", ProducerConfig { batching_max_messages: 0, ..valid() }),
+            ("batching_max_size", ProducerConfig { batching_max_size: 0, ..valid() }),
+            (
+                "batching_max_size",
+                ProducerConfig { batching_max_size: 4097, max_packet_length: 4096, ..valid() },
+            ),
             ("max_packet_length", ProducerConfig { max_packet_length: 10, ..valid() }),
+            ("max_packet_length", ProducerConfig { max_packet_length: 21 << 20, ..valid() }),
             ("max_pending_messages", ProducerConfig { max_pending_messages: 0, ..valid() }),
             ("max_pending_messages", ProducerConfig { max_pending_messages: 1 << 28, ..valid() }),
+            ("max_pending_bytes", ProducerConfig { max_pending_bytes: 0, ..valid() }),
             ("max_pending_bytes", ProducerConfig { max_pending_bytes: 1 << 36, ..valid() }),
+            ("write_buffer_size", ProducerConfig { write_buffer_size: 0, ..valid() }),
+            ("read_buffer_size", ProducerConfig { read_buffer_size: 0, ..valid() }),
+            ("socket_send_buffer_size", ProducerConfig { socket_send_buffer_size: 0, ..valid() }),
             (
-                "add_columns",
-                ProducerConfig { add_columns: vec![("cnt".into(), "1".into())], ..valid() },
+                "socket_recv_buffer_size",
+                ProducerConfig { socket_recv_buffer_size: 2 << 30, ..valid() },
             ),
+            ("metrics_name", ProducerConfig { metrics_name: String::new(), ..valid() }),
         ];
         for (option, config) in cases {
-            let err = config.validate().unwrap_err();
-            let text = err.to_string();
+            match config.validate() {
+                Err(Error::InvalidConfig { option: named, reason }) => {
+                    assert_eq!(named, option, "{reason}");
+                    assert!(!reason.is_empty());
+                }
+                other => panic!("{option}: expected InvalidConfig, got {other:?}"),
+            }
+        }
+        for group in ["", "a b", "a&b", "a/b", "a?b", "..", "a\\b"] {
+            let error = ProducerConfig { group_id: group.into(), ..valid() }.validate();
             assert!(
-                text.contains(option) || matches!(err, Error::InvalidField { .. }),
-                "{option}: {text}"
+                matches!(error, Err(Error::InvalidField { field: crate::Field::GroupId, .. })),
+                "{group:?}: {error:?}"
             );
         }
-        assert!(
-            ProducerConfig { max_retries: 0, ..valid() }.validate().is_ok(),
-            "0 retries is allowed"
-        );
+        let error =
+            ProducerConfig { add_columns: vec![("cnt".into(), "1".into())], ..valid() }.validate();
+        assert!(matches!(error, Err(Error::InvalidField { .. })), "{error:?}");
+        let fine = [
+            ProducerConfig { max_retries: 0, ..valid() },
+            ProducerConfig { batching_max_publish_delay: Duration::ZERO, ..valid() },
+            ProducerConfig { heartbeat_interval: ms(500), heartbeat_timeout: ms(500), ..valid() },
+            manager("https://m.example/inlong/manager/openapi/dataproxy/getIpList/"),
+            secret(Some("id"), Some("key")),
+            endpoints("dp1.example:46801"),
+            endpoints("[::1]:46801"),
+            endpoints(" 10.0.0.1:46801 "),
+        ];
+        for config in fine {
+            assert_eq!(config.validate(), Ok(()), "{config:?}");
+        }
     }
 
     #[test]

@@ -13,7 +13,7 @@ use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 
 use crate::config::ProducerConfig;
-use crate::discovery::{self, ManagerClient, ManagerClientConfig, NodeListCache, Source};
+use crate::discovery::{self, Endpoint, ManagerClient, ManagerClientConfig, NodeListCache, Source};
 use crate::error::{ConnectFailures, Error};
 
 /// The running control thread. Dropping it stops the thread.
@@ -27,10 +27,10 @@ pub struct ControlThread {
 impl ControlThread {
     /// Starts the thread and its runtime.
     pub fn start() -> Result<ControlThread, Error> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| Error::Transport(format!("control runtime: {e}")))?;
+        let runtime =
+            tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| {
+                Error::Spawn { what: "the control thread's runtime", reason: e.to_string().into() }
+            })?;
         let handle = runtime.handle().clone();
         let (stop, stopped) = oneshot::channel::<()>();
         let thread = std::thread::Builder::new()
@@ -40,7 +40,10 @@ impl ControlThread {
                     let _ = stopped.await;
                 });
             })
-            .map_err(|e| Error::Transport(format!("control thread: {e}")))?;
+            .map_err(|e| Error::Spawn {
+                what: "the control thread",
+                reason: e.to_string().into(),
+            })?;
         Ok(ControlThread { handle, stop: Some(stop), thread: Some(thread) })
     }
 
@@ -104,12 +107,7 @@ pub fn initial_endpoints(
     config: &ProducerConfig,
 ) -> Result<Endpoints, Error> {
     let Some(url) = config.manager_url.clone().filter(|_| config.endpoints.is_empty()) else {
-        return Ok(Endpoints {
-            addrs: config.endpoints.clone(),
-            max_packet_length: None,
-            source: None,
-            discovery: None,
-        });
+        return static_endpoints(control, config);
     };
     let client_config = ManagerClientConfig {
         connect_timeout: config.manager_connect_timeout,
@@ -137,7 +135,7 @@ pub fn initial_endpoints(
                 "manager unreachable; using the cached node list"
             );
         }
-        let addrs = resolve(&list).await;
+        let addrs = resolve(&list.endpoints).await;
         Ok::<_, discovery::DiscoveryError>(Endpoints {
             addrs,
             max_packet_length: list.max_packet_length,
@@ -147,7 +145,7 @@ pub fn initial_endpoints(
     };
     let endpoints = control
         .run(lookup)
-        .ok_or_else(|| Error::Transport("control thread stopped".to_owned()))?
+        .ok_or_else(|| Error::Spawn { what: "the control thread", reason: "it stopped".into() })?
         .map_err(|error| match error {
             discovery::DiscoveryError::NoEndpoints => {
                 Error::no_endpoints(ConnectFailures::default())
@@ -160,10 +158,37 @@ pub fn initial_endpoints(
     Ok(endpoints)
 }
 
-/// Resolves the list's nodes (IP literals directly, host names through DNS), in order.
-async fn resolve(list: &discovery::NodeList) -> Vec<SocketAddr> {
+/// The static `endpoints`, host names resolved (on the control thread); an error when none
+/// resolves.
+fn static_endpoints(control: &ControlThread, config: &ProducerConfig) -> Result<Endpoints, Error> {
+    let nodes = config
+        .endpoints
+        .iter()
+        .map(|text| crate::config::parse_endpoint(text))
+        .collect::<Result<Vec<Endpoint>, _>>()
+        .map_err(|reason| Error::InvalidConfig { option: "endpoints", reason: reason.into() })?;
+    let addrs = if nodes.iter().all(|node| node.to_socket_addr().is_some()) {
+        nodes.iter().filter_map(Endpoint::to_socket_addr).collect()
+    } else {
+        let lookup = nodes.clone();
+        control
+            .run(async move { resolve(&lookup).await })
+            .ok_or(Error::Spawn { what: "the control thread", reason: "it stopped".into() })?
+    };
+    if addrs.is_empty() {
+        let names: Vec<String> = nodes.iter().map(ToString::to_string).collect();
+        return Err(Error::InvalidConfig {
+            option: "endpoints",
+            reason: format!("none of {} resolves to an address", names.join(", ")),
+        });
+    }
+    Ok(Endpoints { addrs, max_packet_length: None, source: None, discovery: None })
+}
+
+/// Resolves the nodes (IP literals directly, host names through DNS), in order.
+async fn resolve(nodes: &[Endpoint]) -> Vec<SocketAddr> {
     let mut addrs = Vec::new();
-    for endpoint in &list.endpoints {
+    for endpoint in nodes {
         match endpoint.to_socket_addr() {
             Some(addr) => addrs.push(addr),
             None => match tokio::net::lookup_host((endpoint.host(), endpoint.port())).await {
@@ -214,7 +239,7 @@ impl ControlThread {
                     }
                 };
                 on_lookup("manager");
-                let addrs = resolve(&list).await;
+                let addrs = resolve(&list.endpoints).await;
                 if addrs.is_empty() {
                     continue;
                 }

@@ -43,6 +43,24 @@ pub mod codes {
     pub const CONN_CLOSED_BY_PEER: u32 = 10015;
     /// Anything else.
     pub const UNKNOWN: u32 = 20001;
+
+    /// Every error code above: the `code` series of `data_proxy_error_count` and
+    /// `data_proxy_msg_count` that exist (at 0) from a producer's start.
+    pub(crate) const ERRORS: [u32; 13] = [
+        SEND_TIMEOUT,
+        SEND_FAILED,
+        PRODUCER_CLOSED,
+        SEND_QUEUE_FULL,
+        CONTEXT_EXPIRED,
+        NEW_CONN_FAILED,
+        CONN_WRITE_FAILED,
+        CONN_READ_FAILED,
+        INPUT_LOG_TOO_LONG,
+        INPUT_LOG_INVALID,
+        SERVER_ERROR,
+        CONN_CLOSED_BY_PEER,
+        UNKNOWN,
+    ];
 }
 
 /// Which identifier or attribute a validation error is about.
@@ -178,14 +196,6 @@ pub enum Error {
         /// per batch).
         reason: std::sync::Arc<str>,
     },
-    /// Writing a batch failed.
-    #[error("write to {endpoint} failed: {reason}")]
-    WriteFailed {
-        /// The node.
-        endpoint: SocketAddr,
-        /// Why.
-        reason: String,
-    },
     /// `flush` or `close` reached its deadline with records still undelivered.
     #[error("{undelivered} record(s) still undelivered at the deadline")]
     FlushTimeout {
@@ -227,6 +237,20 @@ pub enum Error {
     /// The I/O driver could not be set up.
     #[error("transport unavailable: {0}")]
     Transport(String),
+    /// A thread the producer needs (a shard thread, the control thread) could not be started,
+    /// or the control thread is gone.
+    #[error("cannot start {what}: {reason}")]
+    Spawn {
+        /// Which thread: `"a shard thread"`, `"the control thread"`.
+        what: &'static str,
+        /// The operating system's reason (`Resource temporarily unavailable (os error 11)`).
+        reason: Arc<str>,
+    },
+    /// The record was failed by [`Producer::purge`](crate::Producer::purge) before its ack
+    /// (10002, the Go SDK's "send failed": it was not delivered, and not for any fault of the
+    /// network or server). It may still have reached the server if it was in flight.
+    #[error("purged before delivery")]
+    Purged,
     /// The Manager lookup failed (unreachable, auth, rejected, bad answer).
     #[error("manager lookup failed: {0}")]
     Discovery(#[source] crate::discovery::DiscoveryError),
@@ -347,13 +371,62 @@ impl Error {
             }
             Error::Server { .. } => codes::SERVER_ERROR,
             Error::ConnectionLost { .. } => codes::CONN_CLOSED_BY_PEER,
-            Error::WriteFailed { .. } => codes::CONN_WRITE_FAILED,
+            Error::Purged => codes::SEND_FAILED,
             Error::ConnectFailed { .. } => codes::NEW_CONN_FAILED,
             Error::InvalidConfig { .. }
             | Error::InCallback { .. }
             | Error::NoEndpoints { .. }
             | Error::Transport(_)
+            | Error::Spawn { .. }
             | Error::Discovery(_) => codes::UNKNOWN,
+        }
+    }
+
+    /// Whether sending the same record again may succeed, with no change to the record or the
+    /// configuration. Per variant, what an application should do:
+    ///
+    /// * `true`: [`QueueFull`](Error::QueueFull), [`QueueFullTimeout`](Error::QueueFullTimeout)
+    ///   (back off, or flush, and send again); [`SendTimeout`](Error::SendTimeout),
+    ///   [`AckTimeout`](Error::AckTimeout), [`ConnectionLost`](Error::ConnectionLost),
+    ///   [`ConnectFailed`](Error::ConnectFailed), [`NoEndpoints`](Error::NoEndpoints),
+    ///   [`FlushTimeout`](Error::FlushTimeout) (the nodes may come back: send again, accepting
+    ///   that a record whose ack was lost may arrive twice); [`Server`](Error::Server) with a
+    ///   code the server may stop answering (1, 2, 3, 114: not linked to its MQ yet, going
+    ///   offline, busy); [`Spawn`](Error::Spawn) (the OS was out of threads: build again later);
+    ///   [`Purged`](Error::Purged) (the application purged it: send again if still wanted);
+    ///   [`Discovery`](Error::Discovery) when [`DiscoveryError::is_transient`](crate::DiscoveryError::is_transient)
+    ///   (the Manager was unreachable or answered 5xx).
+    /// * `false`: [`InvalidField`](Error::InvalidField), [`InvalidPayload`](Error::InvalidPayload),
+    ///   [`TooLong`](Error::TooLong), [`RecordTooLong`](Error::RecordTooLong) (fix or drop the
+    ///   record); [`InvalidConfig`](Error::InvalidConfig), [`Transport`](Error::Transport), other
+    ///   [`Discovery`](Error::Discovery) errors (fix the configuration or the environment);
+    ///   [`ProducerClosed`](Error::ProducerClosed) (use a new producer); other
+    ///   [`Server`](Error::Server) codes (the server refuses this record or stream: fix it, or
+    ///   the Manager's configuration); [`InCallback`](Error::InCallback) (call it from outside
+    ///   the delivery callback).
+    #[must_use]
+    pub fn is_retriable(&self) -> bool {
+        match self {
+            Error::QueueFull
+            | Error::QueueFullTimeout { .. }
+            | Error::SendTimeout { .. }
+            | Error::AckTimeout { .. }
+            | Error::ConnectionLost { .. }
+            | Error::ConnectFailed { .. }
+            | Error::NoEndpoints { .. }
+            | Error::FlushTimeout { .. }
+            | Error::Spawn { .. }
+            | Error::Purged => true,
+            Error::Server { code, .. } => matches!(code, 1 | 2 | 3 | 114),
+            Error::Discovery(error) => error.is_transient(),
+            Error::InvalidField { .. }
+            | Error::InvalidPayload { .. }
+            | Error::TooLong { .. }
+            | Error::RecordTooLong { .. }
+            | Error::InvalidConfig { .. }
+            | Error::ProducerClosed
+            | Error::InCallback { .. }
+            | Error::Transport(_) => false,
         }
     }
 
@@ -416,6 +489,50 @@ mod tests {
         assert_eq!(none.to_string(), "service has no endpoints");
         assert!(std::error::Error::source(&none).is_none());
         assert_eq!(none.code(), 20001);
+    }
+
+    #[test]
+    fn wrapping_variants_expose_their_cause_as_source_and_retriability_is_per_variant() {
+        use std::error::Error as _;
+        let endpoint: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let server = Error::Server { code: 1, message: None, endpoint, batch_id: 1 };
+        let timeout =
+            Error::SendTimeout { batch_id: 1, attempts: 3, last_error: Some(Box::new(server)) };
+        let connect = ConnectFailures::new([(endpoint, "refused".into())], 0);
+        let discovery = Error::Discovery(crate::DiscoveryError::Unreachable {
+            url: "u".into(),
+            reason: "r".into(),
+        });
+        // Every variant that wraps another error: its source is that error.
+        let wrapping = [
+            (timeout.clone(), "server 127.0.0.1:1 refused batch 1 with errCode 1"),
+            (Error::no_endpoints(connect), "connect to 127.0.0.1:1 failed: refused"),
+            (discovery.clone(), "cannot reach the InLong Manager at u: r"),
+        ];
+        for (error, cause) in wrapping {
+            let source = error.source().unwrap_or_else(|| panic!("{error:?} has no source"));
+            assert_eq!(source.to_string(), cause);
+        }
+        assert!(Error::QueueFull.source().is_none());
+        let retriable = [
+            (timeout, true),
+            (discovery, true),
+            (Error::Discovery(crate::DiscoveryError::Auth { status: 401 }), false),
+            (Error::Server { code: 114, message: None, endpoint, batch_id: 1 }, true),
+            (Error::Server { code: 115, message: None, endpoint, batch_id: 1 }, false),
+            (Error::QueueFull, true),
+            (Error::Purged, true),
+            (Error::Spawn { what: "a shard thread", reason: "again".into() }, true),
+            (Error::ProducerClosed, false),
+            (Error::InvalidPayload { reason: "empty" }, false),
+            (Error::InvalidConfig { option: "shards", reason: "0".into() }, false),
+            (Error::InCallback { operation: "flush", undelivered: 1 }, false),
+        ];
+        for (error, expected) in retriable {
+            assert_eq!(error.is_retriable(), expected, "{error:?}");
+        }
+        assert_eq!(Error::Purged.code(), codes::SEND_FAILED);
+        assert_eq!(Error::Spawn { what: "x", reason: "y".into() }.code(), codes::UNKNOWN);
     }
 
     #[test]

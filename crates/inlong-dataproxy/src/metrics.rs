@@ -18,7 +18,7 @@ use prometheus::{
     Registry,
 };
 
-use crate::error::Error;
+use crate::error::{codes, Error};
 
 /// `data_proxy_batch_size` buckets: 1, 2, 4 … 256 KiB (raw payload bytes).
 const BATCH_SIZE_BUCKETS: [f64; 9] =
@@ -205,7 +205,19 @@ impl ProducerMetrics {
     /// Creates the series that must read 0 before anything happened, so that dashboards and
     /// alerts on them see a value from the first scrape.
     pub(crate) fn touch(&self) {
-        self.collectors.callback_panics.with_label_values(&[&self.name]);
+        let c = &self.collectors;
+        let name = self.name.as_str();
+        c.callback_panics.with_label_values(&[name]);
+        c.msg_count.with_label_values(&[name, "0"]);
+        for code in crate::error::codes::ERRORS {
+            let code = code.to_string();
+            c.error_count.with_label_values(&[name, &code]);
+            c.msg_count.with_label_values(&[name, &code]);
+        }
+        // The codes `ShardMetrics::conn_updated` counts under.
+        for code in [codes::OK, codes::CONN_WRITE_FAILED, codes::UNKNOWN] {
+            c.update_conn_count.with_label_values(&[name, &code.to_string()]);
+        }
     }
 
     /// The driver in use.

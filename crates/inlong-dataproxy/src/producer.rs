@@ -9,7 +9,6 @@
 //! attempts, at the close deadline, or with `ProducerClosed` when the producer is dropped.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -61,9 +60,15 @@ impl ProducerBuilder {
         self
     }
 
-    /// A static node list instead of the Manager.
-    pub fn endpoints(mut self, endpoints: impl IntoIterator<Item = SocketAddr>) -> Self {
-        self.config.endpoints = endpoints.into_iter().collect();
+    /// A static node list instead of the Manager: `host:port` strings (IP literals, `[v6]:port`,
+    /// or host names resolved at `build()`) or `SocketAddr`s, e.g.
+    /// `.endpoints(["dp1.example:46801", "127.0.0.1:46802"])`.
+    pub fn endpoints<I>(mut self, endpoints: I) -> Self
+    where
+        I: IntoIterator,
+        I::Item: ToString,
+    {
+        self.config.endpoints = endpoints.into_iter().map(|e| e.to_string()).collect();
         self
     }
 
@@ -134,8 +139,6 @@ impl ProducerBuilder {
         socket_send_buffer_size: usize,
         /// `SocketRecvBufferSize`.
         socket_recv_buffer_size: usize,
-        /// `BufferPoolSize`.
-        buffer_pool_size: usize,
         /// Shard threads.
         shards: usize,
         /// Pin shard threads to cores.
@@ -182,7 +185,7 @@ impl ProducerBuilder {
         node_list_cache: bool,
         /// Oldest cached node list still used.
         node_list_cache_max_age: Duration,
-        /// Close deadline used when the producer is dropped without `close`.
+        /// How long a drop without `close` waits for pending records (0: fail them at once).
         close_timeout: Duration,
     }
 
@@ -226,6 +229,9 @@ struct Inner {
     /// Each shard's metric handles and own counters.
     shard_metrics: Vec<ShardMetrics>,
 }
+
+/// The longest [`Producer::purge`] waits for the shards.
+const PURGE_WAIT: Duration = Duration::from_secs(10);
 
 /// FNV-1a: a fixed hash, so a stream always lands on the same shard.
 fn shard_of(stream: &str, shards: usize) -> usize {
@@ -335,7 +341,7 @@ impl Producer {
                     send_timeout: config.send_timeout,
                     max_retries: config.max_retries,
                     retry_initial_interval: config.retry_initial_interval,
-                    retry_max_interval: Duration::from_secs(10),
+                    retry_max_interval: crate::config::RETRY_MAX_INTERVAL,
                     retry_on_server_error: config.retry_on_server_error,
                     max_frame_len: config.max_packet_length,
                     heartbeat_interval: config.heartbeat_interval,
@@ -358,8 +364,9 @@ impl Producer {
                 frames: frames.clone(),
             };
             shard_metrics.push(settings.metrics.clone());
-            let thread = shard::spawn(settings, shared.clone(), budget.clone())
-                .map_err(|e| Error::Transport(format!("cannot start a shard thread: {e}")))?;
+            let thread = shard::spawn(settings, shared.clone(), budget.clone()).map_err(|e| {
+                Error::Spawn { what: "a shard thread", reason: e.to_string().into() }
+            })?;
             shards.push(shared);
             threads.push(thread);
         }
@@ -403,17 +410,41 @@ impl Producer {
         match self.inner.enqueue(record, &mut None) {
             Ok(accepted) => DeliveryFuture::pending(accepted),
             Err((Error::QueueFull, record)) if self.inner.config.block_if_queue_full => {
-                let slot = Arc::new(QueuedSlot::default());
-                let resolver = slot.clone();
-                let shard = self.inner.shard_for(&record).key();
-                self.inner.wait_for_room(record, Box::new(move |result| resolver.resolve(result)));
-                DeliveryFuture { state: FutureState::Queued(slot), shard }
+                self.queued(record, None)
             }
             Err((error, _)) => {
                 self.inner.refused_if_full(&error);
                 DeliveryFuture::failed(error)
             }
         }
+    }
+
+    /// Sends a record, waiting up to `queue_timeout` for room when the queue is full, as
+    /// rdkafka's `FutureProducer::send(record, queue_timeout)`, whatever `block_if_queue_full`
+    /// says. Never blocks the calling thread (nor an executor's): a record that finds no room
+    /// waits in its shard's queue, in send order, and the returned future resolves with its
+    /// delivery, or with [`Error::QueueFullTimeout`] (10005) once it has waited `queue_timeout`.
+    pub fn send_with_queue_timeout(
+        &self,
+        record: Record,
+        queue_timeout: Duration,
+    ) -> DeliveryFuture {
+        match self.inner.enqueue(record, &mut None) {
+            Ok(accepted) => DeliveryFuture::pending(accepted),
+            Err((Error::QueueFull, record)) => self.queued(record, Some(queue_timeout)),
+            Err((error, _)) => DeliveryFuture::failed(error),
+        }
+    }
+
+    /// A record that found no room, handed to its shard's wait queue; `timeout` is how long
+    /// it may wait (`None`: `send_timeout`).
+    fn queued(&self, record: Record, timeout: Option<Duration>) -> DeliveryFuture {
+        let slot = Arc::new(QueuedSlot::default());
+        let resolver = slot.clone();
+        let shard = self.inner.shard_for(&record).key();
+        let callback = Box::new(move |result| resolver.resolve(result));
+        self.inner.wait_for_room(record, callback, timeout);
+        DeliveryFuture { state: FutureState::Queued(slot), shard }
     }
 
     /// Sends a record and calls `callback` with its result, on the shard thread (keep it short;
@@ -431,7 +462,7 @@ impl Producer {
             Ok(_) => {}
             Err((Error::QueueFull, record)) if self.inner.config.block_if_queue_full => {
                 if let Some((_, callback)) = callback {
-                    self.inner.wait_for_room(record, callback);
+                    self.inner.wait_for_room(record, callback, None);
                 }
             }
             Err((error, _)) => {
@@ -566,6 +597,38 @@ impl Producer {
         self.inner.close_result()
     }
 
+    /// Fails every record not yet acked with [`Error::Purged`] (10002): those waiting for room,
+    /// in open batches, queued and in flight (a late ack of one is ignored; it may still have
+    /// reached the server). Like rdkafka's `purge`, it does not close the producer: records
+    /// sent after it returns are sent as usual. It returns once every shard has failed its
+    /// records (their callbacks ran, their futures resolved), which takes a moment; called from
+    /// a delivery callback of this producer, it returns at once and the shards purge as soon as
+    /// they can (the callback's own shard once the callback returns).
+    pub fn purge(&self) {
+        let targets: Vec<u64> = self
+            .inner
+            .shards
+            .iter()
+            .map(|shard| {
+                let target = shard.purges() + 1;
+                shard.command(Command::Purge);
+                target
+            })
+            .collect();
+        if shard::on_shard_of(self.inner.id) {
+            return;
+        }
+        // Bounded like every wait here; a shard busy for longer still purges when it can.
+        let deadline = Instant::now() + PURGE_WAIT;
+        let shards = &self.inner.shards;
+        self.inner.budget.wait_until(deadline, |_| {
+            shards
+                .iter()
+                .zip(&targets)
+                .all(|(shard, &target)| shard.purges() >= target || shard.has_stopped())
+        });
+    }
+
     /// Records sent and not yet resolved (including records waiting for room in blocking mode).
     pub fn in_flight_count(&self) -> u64 {
         self.inner.budget.pending_records()
@@ -618,14 +681,26 @@ impl Producer {
 
 impl Drop for Producer {
     fn drop(&mut self) {
-        if !self.inner.closed.swap(true, Ordering::AcqRel) {
-            // Fail everything at once: a dropped producer must not hang its caller.
-            for shard in &self.inner.shards {
+        let inner = &self.inner;
+        if !inner.closed.swap(true, Ordering::AcqRel) {
+            inner.budget.wake_all();
+            // Up to `close_timeout` for the pending records (never in a delivery callback, whose
+            // own shard can deliver nothing until it returns); then fail the rest at once: a
+            // dropped producer must not hang its caller.
+            let grace = inner.config.close_timeout;
+            if !grace.is_zero() && !shard::on_shard_of(inner.id) {
+                for shard in &inner.shards {
+                    shard.command(Command::Flush);
+                }
+                let deadline = Instant::now() + grace;
+                inner.budget.wait_until(deadline, |budget| budget.pending_records() == 0);
+            }
+            for shard in &inner.shards {
                 shard.command(Command::Abort);
             }
-            self.inner.budget.wake_all();
+            inner.budget.wake_all();
         }
-        self.inner.join_shards();
+        inner.join_shards();
     }
 }
 
@@ -681,12 +756,14 @@ impl Inner {
         &self.shards[shard_of(record.stream_id().as_str(), self.shards.len())]
     }
 
-    /// Blocking mode: takes `record`, which found no room, into its shard's wait queue; it is
-    /// admitted as soon as there is room, or fails with `QueueFullTimeout` after `send_timeout`.
-    fn wait_for_room(&self, record: Record, callback: Callback) {
+    /// Takes `record`, which found no room, into its shard's wait queue; it is admitted as soon
+    /// as there is room, or fails with `QueueFullTimeout` after `timeout` (`None`:
+    /// `send_timeout`).
+    fn wait_for_room(&self, record: Record, callback: Callback, timeout: Option<Duration>) {
         let index = shard_of(record.stream_id().as_str(), self.shards.len());
         let shard = &self.shards[index];
-        shard.push_waiting(&self.budget, Waiting { record, callback, since: Instant::now() });
+        let waiting = Waiting { record, callback, since: Instant::now(), timeout };
+        shard.push_waiting(&self.budget, waiting);
         // Room may have come back between the refusal and the push: whoever frees room next
         // looks at the queue, but nobody may be about to.
         shard.admit_waiting(&self.budget, &self.metrics);

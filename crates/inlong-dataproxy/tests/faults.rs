@@ -1183,6 +1183,7 @@ fn bad_input_gets_typed_errors_and_never_reaches_the_wire() {
         let registry = MetricsRegistry::new(prometheus::Registry::new());
         let producer = builder(&cluster, transport)
             .max_packet_length(4096)
+            .batching_max_size(4096)
             .metrics_name("bad-input")
             .metrics_registry(registry.clone())
             .build()

@@ -355,7 +355,11 @@ fn blocking_mode_waits_for_room_then_delivers() {
 #[test]
 fn invalid_records_get_typed_errors_and_never_reach_the_wire() {
     let cluster = cluster(1);
-    let producer = builder(&cluster, Transport::Epoll).max_packet_length(4096).build().unwrap();
+    let producer = builder(&cluster, Transport::Epoll)
+        .max_packet_length(4096)
+        .batching_max_size(4096)
+        .build()
+        .unwrap();
     let cases = [
         (Record::new("s", ""), 10010),
         (Record::new("s", "\n"), 10010),
@@ -375,19 +379,14 @@ fn invalid_records_get_typed_errors_and_never_reach_the_wire() {
 
 #[test]
 fn bad_options_and_unreachable_managers_fail_build_quickly() {
-    let error = Producer::builder()
-        .group_id("g")
-        .endpoints(["127.0.0.1:1".parse().unwrap()])
-        .shards(0)
-        .build()
-        .unwrap_err();
-    assert!(matches!(error, Error::InvalidConfig { option: "shards", .. }), "{error}");
     let error =
-        Producer::builder().endpoints(["127.0.0.1:1".parse().unwrap()]).build().unwrap_err();
+        Producer::builder().group_id("g").endpoints(["127.0.0.1:1"]).shards(0).build().unwrap_err();
+    assert!(matches!(error, Error::InvalidConfig { option: "shards", .. }), "{error}");
+    let error = Producer::builder().endpoints(["127.0.0.1:1"]).build().unwrap_err();
     assert_eq!(error.code(), 10010, "{error}");
     let error = Producer::builder()
         .group_id("g")
-        .endpoints(["127.0.0.1:1".parse().unwrap()])
+        .endpoints(["127.0.0.1:1"])
         .batching_max_size(0)
         .build()
         .unwrap_err();

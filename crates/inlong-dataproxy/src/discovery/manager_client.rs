@@ -777,7 +777,8 @@ fn error_chain(error: &reqwest::Error) -> String {
     text
 }
 
-fn validate_manager_url(manager_url: &str) -> Result<(), DiscoveryError> {
+/// The Manager URL's rules (also [`crate::ProducerConfig::validate`]'s, for `manager_url`).
+pub(crate) fn validate_manager_url(manager_url: &str) -> Result<(), DiscoveryError> {
     let config_error = |reason: String| DiscoveryError::Config { reason };
     if manager_url.is_empty() {
         return Err(config_error("manager_url is empty".to_owned()));
@@ -809,17 +810,18 @@ fn validate_manager_url(manager_url: &str) -> Result<(), DiscoveryError> {
     Ok(())
 }
 
+/// The group ID's one rule set ([`crate::protocol::validate_id`]), as a config error here.
 fn validate_group_id(group_id: &str) -> Result<(), DiscoveryError> {
-    let reason = if group_id.is_empty() {
-        "the group id is empty"
-    } else if group_id == "." || group_id == ".." {
-        "the group id must not be `.` or `..`"
-    } else if group_id.chars().any(|c| matches!(c, '/' | '\\' | '?' | '#') || c.is_whitespace()) {
-        "the group id must not contain `/`, `\\`, `?`, `#` or whitespace"
-    } else {
-        return Ok(());
-    };
-    Err(DiscoveryError::Config { reason: format!("{reason}: {group_id:?}") })
+    crate::protocol::validate_id(crate::error::Field::GroupId, group_id)
+        .map_err(|error| DiscoveryError::Config { reason: error.to_string() })
+}
+
+/// The Basic auth credentials' rules (also [`crate::ProducerConfig::validate`]'s).
+pub(crate) fn validate_credentials(
+    secret_id: &str,
+    secret_key: &str,
+) -> Result<(), DiscoveryError> {
+    basic_credentials(secret_id, secret_key).map(|_| ())
 }
 
 /// The built-in Basic auth of §5.2; the Manager splits the credential on `:` into two non-blank

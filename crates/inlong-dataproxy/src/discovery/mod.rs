@@ -22,6 +22,9 @@ use std::collections::HashSet;
 use std::time::{Duration, SystemTime};
 
 pub use cache::{CachedNodeList, NodeListCache, DEFAULT_CACHE_MAX_AGE};
+pub(crate) use manager_client::{
+    normalize_manager_url, validate_credentials, validate_manager_url,
+};
 pub use manager_client::{
     parse_node_list, AuthProvider, DiscoveryError, Endpoint, ManagerClient, ManagerClientConfig,
     NodeList, DEFAULT_CONNECT_TIMEOUT, DEFAULT_LOOKUP_ATTEMPTS, DEFAULT_MANAGER_URL,

@@ -61,7 +61,8 @@ pub(crate) fn quoted(value: &str) -> String {
 }
 
 /// Checks a group or stream ID: non-empty, at most [`MAX_ID_LEN`] bytes, no whitespace, no `&`
-/// or `=`.
+/// or `=`. A group ID is also a path segment of the Manager lookup URL: it may not contain `/`,
+/// `\`, `?` or `#`, nor be `.` or `..` (the one rule set for group IDs, static endpoints or not).
 pub fn validate_id(field: Field, value: &str) -> Result<(), Error> {
     let reason = if value.is_empty() {
         "must not be empty"
@@ -71,6 +72,10 @@ pub fn validate_id(field: Field, value: &str) -> Result<(), Error> {
         "must not contain whitespace"
     } else if value.contains(['&', '=']) {
         "must not contain '&' or '='"
+    } else if field == Field::GroupId && value.contains(['/', '\\', '?', '#']) {
+        "must not contain '/', '\\', '?' or '#' (it is a path segment of the Manager lookup)"
+    } else if field == Field::GroupId && (value == "." || value == "..") {
+        "must not be '.' or '..' (it is a path segment of the Manager lookup)"
     } else {
         return Ok(());
     };
@@ -188,6 +193,11 @@ mod tests {
     #[test]
     fn ids_are_checked() {
         assert!(validate_id(Field::GroupId, "test_group").is_ok());
+        for bad in ["a/b", "a?b", "a#b", "a\\b", ".", ".."] {
+            let err = validate_id(Field::GroupId, bad).unwrap_err();
+            assert!(matches!(err, Error::InvalidField { field: Field::GroupId, .. }), "{bad:?}");
+            assert!(validate_id(Field::StreamId, bad).is_ok(), "{bad:?} is a valid stream id");
+        }
         for bad in ["", "a b", "a\tb", "a&b", "a=b", " lead", "trail\n"] {
             let err = validate_id(Field::StreamId, bad).unwrap_err();
             assert_eq!(err.code(), 10010, "{bad:?}");

@@ -43,6 +43,9 @@ pub(crate) struct Waiting {
     pub callback: Callback,
     /// When it started waiting.
     pub since: Instant,
+    /// How long it may wait, when not the shard's `send_timeout`
+    /// ([`Producer::send_with_queue_timeout`](crate::Producer::send_with_queue_timeout)).
+    pub timeout: Option<Duration>,
 }
 
 impl std::fmt::Debug for Waiting {
@@ -64,6 +67,10 @@ pub enum Command {
     },
     /// The producer was dropped without `close`: fail everything with `ProducerClosed` and exit.
     Abort,
+    /// [`Producer::purge`](crate::Producer::purge): fail every record not yet acked (waiting for
+    /// room, in open batches, queued, in flight) with `Purged`, then count it in
+    /// [`ShardShared::purges`]; the shard goes on.
+    Purge,
     /// The Manager's node list changed.
     SetEndpoints(Vec<std::net::SocketAddr>),
 }
@@ -79,8 +86,13 @@ pub struct ShardShared {
     waiting: Mutex<VecDeque<Waiting>>,
     /// Records in `waiting` (read without the lock on the send path).
     waiting_len: AtomicUsize,
+    /// Records in `waiting` with a timeout of their own: while there are none, the oldest
+    /// record is the first to expire.
+    waiting_own_timeout: AtomicUsize,
     /// Set by the shard thread when it ends (see [`ShardShared::stop`]).
     stopped: AtomicBool,
+    /// [`Command::Purge`]s done.
+    purges: AtomicU64,
     /// Names the shard's thread ([`super::shard_key`]).
     key: u64,
 }
@@ -96,7 +108,9 @@ impl ShardShared {
             failed_at_close: AtomicU64::new(0),
             waiting: Mutex::new(VecDeque::new()),
             waiting_len: AtomicUsize::new(0),
+            waiting_own_timeout: AtomicUsize::new(0),
             stopped: AtomicBool::new(false),
+            purges: AtomicU64::new(0),
             key,
         }
     }
@@ -144,6 +158,16 @@ impl ShardShared {
         }
     }
 
+    /// [`Command::Purge`]s the shard has carried out.
+    pub(crate) fn purges(&self) -> u64 {
+        self.purges.load(Ordering::SeqCst)
+    }
+
+    /// For the shard: one more [`Command::Purge`] carried out.
+    pub(crate) fn purge_done(&self) {
+        self.purges.fetch_add(1, Ordering::SeqCst);
+    }
+
     /// True once the shard thread ended.
     pub(crate) fn has_stopped(&self) -> bool {
         self.stopped.load(Ordering::SeqCst)
@@ -162,6 +186,9 @@ impl ShardShared {
     pub(crate) fn push_waiting(&self, budget: &PendingBudget, waiting: Waiting) {
         budget.add_queued(1);
         let mut queue = self.lock_waiting();
+        if waiting.timeout.is_some() {
+            self.waiting_own_timeout.fetch_add(1, Ordering::SeqCst);
+        }
         queue.push_back(waiting);
         self.waiting_len.store(queue.len(), Ordering::SeqCst);
     }
@@ -187,7 +214,12 @@ impl ShardShared {
                 if !budget.try_acquire(bytes) {
                     break Some(bytes);
                 }
-                let Some(Waiting { record, callback, .. }) = queue.pop_front() else { break None };
+                let Some(Waiting { record, callback, timeout, .. }) = queue.pop_front() else {
+                    break None;
+                };
+                if timeout.is_some() {
+                    self.waiting_own_timeout.fetch_sub(1, Ordering::SeqCst);
+                }
                 let mut callback = Some((record.metadata(), callback));
                 let appended = self.accumulator().append_admitted(
                     Instant::now,
@@ -222,8 +254,8 @@ impl ShardShared {
         blocked
     }
 
-    /// Fails the records that have waited `timeout` or longer with `QueueFullTimeout`; returns
-    /// when the next one will have waited that long.
+    /// Fails the records that have waited their timeout (their own, or else `timeout`) or
+    /// longer with `QueueFullTimeout`; returns when the next one will have.
     pub(crate) fn expire_waiting(
         &self,
         now: Instant,
@@ -237,11 +269,30 @@ impl ShardShared {
         let mut expired = Vec::new();
         let next = {
             let mut queue = self.lock_waiting();
-            while queue.front().is_some_and(|w| w.since + timeout <= now) {
-                expired.extend(queue.pop_front());
-            }
+            let deadline = |w: &Waiting| w.since + w.timeout.unwrap_or(timeout);
+            let next = if self.waiting_own_timeout.load(Ordering::SeqCst) == 0 {
+                // All wait `timeout`, in the order they came: the oldest expires first.
+                while queue.front().is_some_and(|w| deadline(w) <= now) {
+                    expired.extend(queue.pop_front());
+                }
+                queue.front().map(deadline)
+            } else {
+                let mut kept = VecDeque::with_capacity(queue.len());
+                for waiting in queue.drain(..) {
+                    if deadline(&waiting) <= now {
+                        if waiting.timeout.is_some() {
+                            self.waiting_own_timeout.fetch_sub(1, Ordering::SeqCst);
+                        }
+                        expired.push(waiting);
+                    } else {
+                        kept.push_back(waiting);
+                    }
+                }
+                *queue = kept;
+                queue.iter().map(deadline).min()
+            };
             self.waiting_len.store(queue.len(), Ordering::SeqCst);
-            queue.front().map(|w| w.since + timeout)
+            next
         };
         for waiting in expired {
             let waited = now.saturating_duration_since(waiting.since);
@@ -261,6 +312,7 @@ impl ShardShared {
         let all: Vec<Waiting> = {
             let mut queue = self.lock_waiting();
             self.waiting_len.store(0, Ordering::SeqCst);
+            self.waiting_own_timeout.store(0, Ordering::SeqCst);
             queue.drain(..).collect()
         };
         let count = all.len() as u64;
@@ -367,7 +419,29 @@ mod tests {
             record: Record::new("s", payload),
             callback: Box::new(move |result| results.lock().unwrap().push(result.map(|_| ()))),
             since: Instant::now(),
+            timeout: None,
         }
+    }
+
+    #[test]
+    fn a_record_with_its_own_timeout_expires_at_it_even_behind_older_ones() {
+        let (shared, budget, metrics) =
+            (shared(), PendingBudget::new(1, 1 << 20), ShardMetrics::detached());
+        let results = Arc::new(Mutex::new(Vec::new()));
+        assert!(budget.try_acquire(1));
+        let start = Instant::now();
+        shared.push_waiting(&budget, waiting("old", &results));
+        let own = Waiting { timeout: Some(Duration::from_millis(100)), ..waiting("own", &results) };
+        shared.push_waiting(&budget, own);
+        let default = Duration::from_secs(30);
+        let next = shared.expire_waiting(start, default, &budget, metrics.producer());
+        assert!(next.is_some_and(|at| at <= start + Duration::from_millis(200)), "{next:?}");
+        let later = start + Duration::from_secs(1);
+        let next = shared.expire_waiting(later, default, &budget, metrics.producer());
+        assert!(next.is_some_and(|at| at > later), "the old one still waits: {next:?}");
+        assert_eq!(shared.waiting_len(), 1);
+        assert!(matches!(results.lock().unwrap()[..], [Err(Error::QueueFullTimeout { .. })]));
+        assert_eq!(budget.pending_records(), 2);
     }
 
     #[test]

@@ -185,6 +185,17 @@ impl Shell {
                         tracing::info!(shard = self.settings.index, ?endpoints, "new node list");
                         self.plan.set_endpoints(endpoints, now);
                     }
+                    Command::Purge => {
+                        let metrics = self.settings.metrics.producer();
+                        self.shared.fail_waiting(&Error::Purged, &self.budget, metrics);
+                        self.shared.accumulator().seal_all();
+                        self.take_sealed(now);
+                        self.engine.purge(&Error::Purged);
+                        // Delivered before `purge` returns to its caller.
+                        self.deliver_resolved(now);
+                        self.shared.purge_done();
+                        self.budget.wake_all();
+                    }
                     Command::Abort => {
                         self.shared.accumulator().close();
                         let metrics = self.settings.metrics.producer();

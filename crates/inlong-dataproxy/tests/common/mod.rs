@@ -7,6 +7,7 @@
 use inlong_dataproxy::{Producer, ProducerBuilder, Transport};
 use inlong_dataproxy_testkit::{LocalCluster, NodeConfig};
 
+#[allow(unused_imports)] // Not every test file waits.
 pub use inlong_dataproxy_testkit::wait_until;
 
 /// Both I/O drivers; set `INLONG_SKIP_IO_URING=1` to run the epoll half only where io_uring is

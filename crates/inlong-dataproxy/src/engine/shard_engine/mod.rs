@@ -1172,6 +1172,16 @@ impl ShardEngine {
         self.backoffs.clear();
     }
 
+    /// Fails every unresolved batch with `error` ([`Producer::purge`](crate::Producer::purge))
+    /// and forgets their sends, so that a late ack finds no batch and is ignored; the
+    /// connections stay up.
+    pub fn purge(&mut self, error: &Error) {
+        self.fail_all(error);
+        for conn in &mut self.conns {
+            Self::skip_ended_sends(&self.batches, conn);
+        }
+    }
+
     fn resolve(&mut self, id: u64, outcome: Result<BatchOutcome, Error>) {
         if let Some(mut batch) = self.batches.remove(&id) {
             // Resolved in order, the batches' delivery deadlines leave as they resolve. The
