@@ -41,6 +41,7 @@
 #[doc = include_str!("../../../README.md")]
 struct ReadmeDoctests;
 
+mod backoff;
 mod config;
 mod control;
 #[cfg(feature = "unstable")]
