@@ -5,15 +5,21 @@
 //! failures it counts (`attempt`, 1 for the first) and, when the policy has jitter, passes its
 //! own seeded [`fastrand::Rng`], so the state machines that use it stay deterministic in tests.
 //!
-//! | Policy | Caller | First | Growth | Cap | Jitter | `attempt` counts |
-//! |---|---|---|---|---|---|---|
-//! | [`Backoff::retry`] | the engine's batch retries | `retry_initial_interval` (100 ms) | ×2 | `retry_max_interval` (10 s), [`Cap::Hard`] | ±20 % | the batch's attempts so far (1 before its first retry) |
-//! | [`Backoff::QUARANTINE`] | a node that failed, in a shard's endpoint plan | 10 s | ×2 | 60 s, [`Cap::Nominal`] (so 48–72 s at the cap) | ±20 % | the node's failures |
-//! | [`Backoff::RECONNECT_PAUSE`] | a shard's paced connects after failures | 100 ms | ×2 | 5 s | none | the failures in the shard's streak |
-//! | [`Backoff::MANAGER_LOOKUP`] | the wait between Manager lookup attempts | 200 ms | ×2 | 2 s | none | the attempt that just failed (1 after the first) |
+//! Every policy multiplies its delay by 2 per attempt:
 //!
-//! Growth stops after [`MAX_STEPS`] steps and every product saturates, so no attempt count, however
-//! large, overflows.
+//! | Policy (caller) | First | Cap | Jitter | `attempt` counts |
+//! |---|---|---|---|---|
+//! | [`Backoff::retry`] (engine) | 100 ms¹ | 10 s¹, [`Cap::Hard`] | ±20 % | the batch's attempts |
+//! | [`Backoff::QUARANTINE`] (shard) | 10 s | 60 s, [`Cap::Nominal`]² | ±20 % | a node's failures |
+//! | [`Backoff::RECONNECT_PAUSE`] (shard) | 100 ms | 5 s | none | failures in the streak |
+//! | [`Backoff::MANAGER_LOOKUP`] (discovery) | 200 ms | 2 s | none | the attempt that failed |
+//!
+//! ¹ The defaults of `retry_initial_interval` and `retry_max_interval`. ² So 48–72 s at the cap.
+//! Each caller counts from 1: a batch's first retry follows its first attempt, a Manager lookup's
+//! first wait follows its first try, and so on.
+//!
+//! Growth stops after [`MAX_STEPS`] steps and every product saturates, so no attempt count,
+//! however large, overflows.
 
 use std::time::Duration;
 
@@ -88,8 +94,8 @@ impl Backoff {
         self.initial.saturating_mul(self.factor.saturating_pow(steps))
     }
 
-    /// The delay after `attempt` failures before jitter: `initial × factor^(attempt − 1)`, at most
-    /// `max`. Without jitter it is the delay itself.
+    /// The delay after `attempt` failures before jitter: `initial × factor^(attempt − 1)`, at
+    /// most `max`. Without jitter it is the delay itself.
     pub(crate) fn nominal(&self, attempt: u32) -> Duration {
         self.grown(attempt).min(self.max)
     }
