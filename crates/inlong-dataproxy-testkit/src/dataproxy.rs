@@ -192,7 +192,7 @@ struct NodeState {
     stats: NodeStats,
     streams: HashMap<String, u64>,
     ledger: HashMap<String, Vec<Bytes>>,
-    rng: u64,
+    rng: fastrand::Rng,
 }
 
 /// Remembers the `mid`s of recently accepted batches, to count batches accepted twice (a retry
@@ -267,8 +267,10 @@ impl DataProxyNode {
         let addr = listener.local_addr()?;
         let (epoch, _) = watch::channel(0);
         let (faults_changed, _) = watch::channel(0);
-        let state =
-            NodeState { rng: 0x9E37_79B9_7F4A_7C15 ^ u64::from(addr.port()), ..Default::default() };
+        let state = NodeState {
+            rng: fastrand::Rng::with_seed(u64::from(addr.port())),
+            ..Default::default()
+        };
         let node = DataProxyNode {
             inner: Arc::new(NodeInner {
                 runtime: runtime.clone(),
@@ -617,12 +619,7 @@ impl NodeState {
             }
             Some(ErrorInjection::Fraction { code, fraction }) => {
                 let (code, fraction) = (*code, *fraction);
-                self.rng ^= self.rng << 13;
-                self.rng ^= self.rng >> 7;
-                self.rng ^= self.rng << 17;
-                #[allow(clippy::cast_precision_loss)]
-                let draw = (self.rng >> 11) as f64 / (1u64 << 53) as f64;
-                (draw < fraction).then_some(code)
+                (self.rng.f64() < fraction).then_some(code)
             }
         };
         match injected {

@@ -41,6 +41,7 @@
 #[doc = include_str!("../../../README.md")]
 struct ReadmeDoctests;
 
+mod backoff;
 mod budget;
 mod buffers;
 #[cfg(feature = "unstable")]

@@ -233,13 +233,10 @@ struct Inner {
 /// The longest [`Producer::purge`] waits for the shards.
 const PURGE_WAIT: Duration = Duration::from_secs(10);
 
-/// FNV-1a: a fixed hash, so a stream always lands on the same shard.
+/// FxHash (unseeded): a fixed hash, so a stream always lands on the same shard.
 fn shard_of(stream: &str, shards: usize) -> usize {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in stream.as_bytes() {
-        hash ^= u64::from(*byte);
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-    }
+    use std::hash::BuildHasher as _;
+    let hash = rustc_hash::FxBuildHasher.hash_one(stream);
     // The remainder is below `shards`, a usize.
     #[allow(clippy::cast_possible_truncation)]
     let index = (hash % shards as u64) as usize;

@@ -277,7 +277,9 @@ fn file_name(manager_url: &str, group_id: &str) -> String {
     format!("{:016x}.json", fnv1a_64(key.as_bytes()))
 }
 
-/// FNV-1a, 64 bits: stable across Rust versions and platforms, unlike `DefaultHasher`.
+/// FNV-1a, 64 bits: part of the cache file name format ([`NodeListCache::default_path`]), so
+/// it must never change; stable across Rust versions and platforms, unlike `DefaultHasher`. The
+/// crate's only FNV: in-memory hashing uses `rustc-hash`.
 fn fnv1a_64(bytes: &[u8]) -> u64 {
     const OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
     const PRIME: u64 = 0x0000_0100_0000_01b3;

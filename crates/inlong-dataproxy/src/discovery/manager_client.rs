@@ -40,9 +40,8 @@ pub const DEFAULT_LOOKUP_ATTEMPTS: u32 = 2;
 /// The `protocolType` sent with every lookup. Upper case matches the stored value even on a
 /// case-sensitive collation (§5.1).
 const PROTOCOL_TYPE: &str = "TCP";
-/// The wait before the first retry; it doubles up to [`MAX_BACKOFF`].
-const FIRST_BACKOFF: Duration = Duration::from_millis(200);
-const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// The waits between attempts: 200 ms doubling to 2 s, no jitter.
+const BACKOFF: crate::backoff::Backoff = crate::backoff::Backoff::MANAGER_LOOKUP;
 /// A node list is a few KiB; anything this large is not a Manager answer.
 const MAX_RESPONSE_LEN: usize = 4 << 20;
 /// How much of an error page is read to quote from it.
@@ -550,13 +549,10 @@ impl ManagerClient {
     /// plus the waits between them.
     #[must_use]
     pub fn lookup_deadline(&self) -> Duration {
-        let mut total = self.request_timeout.saturating_mul(self.attempts);
-        let mut backoff = FIRST_BACKOFF;
-        for _ in 1..self.attempts {
-            total = total.saturating_add(backoff);
-            backoff = (backoff * 2).min(MAX_BACKOFF);
-        }
-        total
+        let total = self.request_timeout.saturating_mul(self.attempts);
+        (1..self.attempts)
+            .map(|attempt| BACKOFF.longest(attempt))
+            .fold(total, Duration::saturating_add)
     }
 
     /// Asks the Manager for the group's DataProxy nodes.
@@ -569,7 +565,6 @@ impl ManagerClient {
     /// Every [`DiscoveryError`] but `Config`; [`DiscoveryError::NoEndpoints`] when the Manager
     /// answered without a usable node.
     pub async fn lookup(&self) -> Result<NodeList, DiscoveryError> {
-        let mut backoff = FIRST_BACKOFF;
         let mut attempt = 1;
         loop {
             let started = Instant::now();
@@ -589,9 +584,9 @@ impl ManagerClient {
                     return Ok(list);
                 }
                 Err(error) if error.is_transient() && attempt < self.attempts => {
+                    let backoff = BACKOFF.nominal(attempt);
                     tracing::warn!(%error, attempt, retry_in = ?backoff, "manager lookup failed");
                     tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
                     attempt += 1;
                 }
                 Err(error) => {

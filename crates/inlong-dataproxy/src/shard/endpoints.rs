@@ -36,18 +36,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::backoff::Backoff;
 use crate::error::ConnectFailures;
 
-const QUARANTINE_FIRST: Duration = Duration::from_secs(10);
-const QUARANTINE_MAX: Duration = Duration::from_secs(60);
-/// The first pause of a paced connect (to a node that failed before: see the module docs).
-const RECONNECT_PAUSE: Duration = Duration::from_millis(100);
-/// The longest such pause (every node down, refusing, or closing what it accepts).
-const RECONNECT_PAUSE_MAX: Duration = Duration::from_secs(5);
 /// Failures further apart than this do not add up.
 const STREAK_WINDOW: Duration = Duration::from_secs(30);
 /// A connection that served a slot this long before it broke ends the failure streak: the
-/// node was working, so the next connects start again from [`RECONNECT_PAUSE`]. (Nodes that
+/// node was working, so the next connects start again from the first pause. (Nodes that
 /// accept connections and close them at once keep their streak and stay paced.) Without this,
 /// frequent short outages grew the streak to the longest pause for good: after a 2 s outage of
 /// both nodes a shard then waited 5 s per connect, and batches used up their attempts.
@@ -163,7 +158,7 @@ pub struct EndpointPlan {
     failing: usize,
     /// `recent_failures` or `failing` changed since [`EndpointPlan::take_connect_failures`].
     failures_changed: bool,
-    rng: u64,
+    rng: fastrand::Rng,
 }
 
 impl EndpointPlan {
@@ -187,7 +182,7 @@ impl EndpointPlan {
             recent_failures: VecDeque::with_capacity(ConnectFailures::KEPT + 1),
             failing: 0,
             failures_changed: false,
-            rng: 0x2545_f491_4f6c_dd1d ^ (shard as u64 + 1),
+            rng: fastrand::Rng::with_seed(0x2545_f491_4f6c_dd1d ^ (shard as u64 + 1)),
         }
     }
 
@@ -261,8 +256,7 @@ impl EndpointPlan {
     fn pause_ends(&self) -> Option<Instant> {
         let (count, last) = self.streak;
         let last = last?;
-        let pause = RECONNECT_PAUSE.saturating_mul(1 << count.saturating_sub(1).min(6));
-        Some(last + pause.min(RECONNECT_PAUSE_MAX))
+        Some(last + Backoff::RECONNECT_PAUSE.nominal(count))
     }
 
     /// The quarantine entry at the top of the heap, once stale ones are dropped.
@@ -621,14 +615,8 @@ impl EndpointPlan {
             return;
         }
         let failures = health.failures;
-        self.rng ^= self.rng << 13;
-        self.rng ^= self.rng >> 7;
-        self.rng ^= self.rng << 17;
-        #[allow(clippy::cast_precision_loss)]
-        let jitter = 0.8 + 0.4 * ((self.rng >> 11) as f64 / (1u64 << 53) as f64);
-        let exponent = failures.saturating_sub(1).min(6);
-        let base = (QUARANTINE_FIRST * (1 << exponent)).min(QUARANTINE_MAX);
-        let until = now + base.mul_f64(jitter);
+        let base = Backoff::QUARANTINE.nominal(failures);
+        let until = now + Backoff::QUARANTINE.delay(failures, &mut self.rng);
         if let Some(health) = self.health.get_mut(&endpoint) {
             health.quarantined_until = Some(until);
         }
@@ -645,6 +633,11 @@ impl EndpointPlan {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const QUARANTINE_FIRST: Duration = Backoff::QUARANTINE.initial;
+    const QUARANTINE_MAX: Duration = Backoff::QUARANTINE.max;
+    const RECONNECT_PAUSE: Duration = Backoff::RECONNECT_PAUSE.initial;
+    const RECONNECT_PAUSE_MAX: Duration = Backoff::RECONNECT_PAUSE.max;
 
     /// Distinct loopback nodes: `node(i)` is 127.x.y.z port 1.
     fn node(i: usize) -> SocketAddr {

@@ -137,7 +137,8 @@ struct Shell {
     plan: EndpointPlan,
     /// When each serving connection is replaced (rotation or `max_conn_lifetime`), and why.
     retire_at: HashMap<ConnId, (Instant, CloseReason)>,
-    rng: u64,
+    /// Draws the rotation times: seeded differently per shard and per run.
+    rng: fastrand::Rng,
     inbox: Rc<Inbox>,
     connected: Rc<RefCell<Vec<Connected>>>,
     sealed: Vec<SealedBatch>,
@@ -158,7 +159,7 @@ async fn run(settings: ShardSettings, shared: Arc<ShardShared>, budget: Arc<Pend
         conns: HashMap::new(),
         plan,
         retire_at: HashMap::new(),
-        rng: 0x9E37_79B9_7F4A_7C15 ^ settings_seed(),
+        rng: fastrand::Rng::new(),
         inbox: Rc::default(),
         connected: Rc::default(),
         sealed,
@@ -373,10 +374,7 @@ impl Shell {
     fn schedule_retirement(&mut self, conn: ConnId, now: Instant) {
         let mut retire: Option<(Instant, CloseReason)> = None;
         if self.settings.conn_rotation {
-            self.rng ^= self.rng << 13;
-            self.rng ^= self.rng >> 7;
-            self.rng ^= self.rng << 17;
-            let after = Duration::from_millis(30_000 + self.rng % 50_000);
+            let after = Duration::from_millis(self.rng.u64(30_000..80_000));
             retire = Some((now + after, CloseReason::Rotation));
         }
         if let Some(lifetime) = self.settings.max_conn_lifetime {
@@ -595,12 +593,6 @@ fn connect_failure_reason(error: &std::io::Error) -> Arc<str> {
         Some(first) => format!("{}{}", first.to_lowercase(), chars.as_str()).into(),
         None => format!("{:?}", error.kind()).into(),
     }
-}
-
-/// A seed that differs between shards and runs.
-fn settings_seed() -> u64 {
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
-    u64::from(nanos) ^ u64::from(std::process::id()).rotate_left(32)
 }
 
 fn unix_ms() -> u64 {

@@ -271,7 +271,7 @@ pub struct ShardEngine {
     /// A lost connection's reply buffer and queues, for the next connection.
     spare_conn_parts: Vec<ConnParts>,
     next_batch: u64,
-    rng: u64,
+    rng: fastrand::Rng,
     mid_buf: String,
     /// The cause of a batch that found no usable connection for a whole send timeout: built
     /// when the shell reports new connect failures ([`ShardEngine::set_connect_failures`]), and
@@ -295,7 +295,7 @@ impl ShardEngine {
     pub fn new(now: Instant, config: EngineConfig, frames: Arc<FramePool>) -> ShardEngine {
         let mut encoder = FrameEncoder::new();
         encoder.set_compression(config.compression);
-        let rng = config.seed | 1;
+        let rng = fastrand::Rng::with_seed(config.seed);
         let wid = config.wid;
         let plan = config.plan;
         let write_buffers = BufferPool::new(plan.write_buffer_len, plan.write_buffers);
@@ -370,17 +370,13 @@ impl ShardEngine {
     }
 
     fn delivery_timeout_of(config: &EngineConfig) -> Duration {
-        let cap = config.retry_max_interval;
+        let policy = crate::backoff::Backoff::retry(
+            config.retry_initial_interval,
+            config.retry_max_interval,
+        );
+        // The longest `backoff` draws before retry `n + 1`, which follows attempt `n + 1`.
         let backoffs = (0..config.max_retries)
-            .map(|n| {
-                // As `backoff` draws them: the base doubled per retry, +20 % at most, capped.
-                let base = config.retry_initial_interval.saturating_mul(1 << n.min(30));
-                if base >= cap {
-                    cap
-                } else {
-                    base.mul_f64(1.2).min(cap)
-                }
-            })
+            .map(|n| policy.longest(n + 1))
             .fold(Duration::ZERO, Duration::saturating_add);
         config.send_timeout.saturating_mul(2 + config.max_retries).saturating_add(backoffs)
     }
@@ -1120,17 +1116,14 @@ impl ShardEngine {
         self.events.pop_front()
     }
 
+    /// The wait before retrying a batch that has made `attempts` attempts
+    /// ([`crate::backoff::Backoff::retry`]).
     fn backoff(&mut self, attempts: u32) -> Duration {
-        self.rng ^= self.rng << 13;
-        self.rng ^= self.rng >> 7;
-        self.rng ^= self.rng << 17;
-        // A uniform draw in [-1, 1).
-        #[allow(clippy::cast_precision_loss)]
-        let unit = (self.rng >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0;
-        let exponent = attempts.saturating_sub(1).min(30);
-        let base = self.config.retry_initial_interval.as_secs_f64() * f64::from(1u32 << exponent);
-        let jittered = base * (1.0 + 0.2 * unit);
-        Duration::from_secs_f64(jittered.min(self.config.retry_max_interval.as_secs_f64()))
+        crate::backoff::Backoff::retry(
+            self.config.retry_initial_interval,
+            self.config.retry_max_interval,
+        )
+        .delay(attempts, &mut self.rng)
     }
 
     /// Sends the batch again (at once, or after a backoff) if it has attempts left; otherwise

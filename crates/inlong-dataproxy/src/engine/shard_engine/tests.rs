@@ -286,15 +286,8 @@ fn write_buffers_never_grow_past_the_write_buffer_size() {
     h.engine.add_conn(h.now, 1, ep(1));
     let small: Vec<_> = (0..40).map(|_| h.batch(1)).collect();
     // One batch whose frame alone is larger than a write buffer (incompressible body).
-    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
-    let big: Vec<u8> = (0..3000)
-        .map(|_| {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            (rng >> 24) as u8
-        })
-        .collect();
+    let mut rng = fastrand::Rng::with_seed(0x9e37_79b9_7f4a_7c15);
+    let big: Vec<u8> = (0..3000).map(|_| rng.u8(..)).collect();
     let large = h.batch_of(&[&big], h.now);
     let mut frames = 0;
     let mut writes = 0;
@@ -833,7 +826,7 @@ impl Harness {
             resolved: vec![None; batches],
         };
         let due = |i: usize| start + spacing * u32::try_from(i).unwrap();
-        let mut rng = 0x2545_f491_4f6c_dd1du64;
+        let mut rng = fastrand::Rng::with_seed(0x2545_f491_4f6c_dd1d);
         let mut record = vec![0u8; 1000];
         let mut unresolved = Vec::with_capacity(batches);
         if let Some(node) = &mut node {
@@ -850,12 +843,7 @@ impl Harness {
                 }
             }
             while runs.enqueued.len() < batches && due(runs.enqueued.len()) <= self.now {
-                for byte in &mut record {
-                    rng ^= rng << 13;
-                    rng ^= rng >> 7;
-                    rng ^= rng << 17;
-                    *byte = (rng >> 24) as u8;
-                }
+                rng.fill(&mut record);
                 runs.enqueued.push(self.now);
                 let done = self.batch_of(&[&record], self.now);
                 unresolved.push(runs.completions.len());
