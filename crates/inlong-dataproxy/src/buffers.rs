@@ -48,10 +48,11 @@ pub struct CapacityPlan {
     /// come and go while nodes restart take kept buffers (the soak's RSS moved by megabytes
     /// with them).
     pub write_buffers: usize,
-    /// A connection's reply read buffer: `read_buffer_size` clamped to 4 KiB..256 KiB (replies
-    /// are ~40 bytes; the buffers are resident).
+    /// A reply read buffer: `read_buffer_size` clamped to 4 KiB..64 KiB (a reply is 40 to a few
+    /// hundred bytes: 64 KiB holds hundreds; the buffers are resident).
     pub read_buffer_len: usize,
-    /// Reply read buffers a shard holds, in use or kept for the connections it opens next.
+    /// Reply read buffers a shard holds from its start: two per connection (one being read
+    /// into while the shard loop hands the other's bytes to the engine), for three connections.
     pub read_buffers: usize,
     /// Connections' partial-reply buffers and queues made at the start: two connections and a
     /// third that replaces one before it is retired (made later, it appeared minutes into the
@@ -77,7 +78,7 @@ impl CapacityPlan {
         CapacityPlan {
             batches,
             write_buffer_len: config.write_buffer_size.clamp(1, 256 << 10),
-            read_buffer_len: config.read_buffer_size.clamp(4096, 256 << 10),
+            read_buffer_len: config.read_buffer_size.clamp(4096, 64 << 10),
             frame_pool_bytes: config.max_pending_bytes,
             ..CapacityPlan::for_batches(batches)
         }
@@ -90,8 +91,8 @@ impl CapacityPlan {
             queue_len: batches * 2,
             write_buffer_len: 256 << 10,
             write_buffers: 8,
-            read_buffer_len: 256 << 10,
-            read_buffers: 3,
+            read_buffer_len: 64 << 10,
+            read_buffers: 6,
             start_conn_parts: 3,
             spare_conn_parts: 4,
             spare_bodies: 1024,

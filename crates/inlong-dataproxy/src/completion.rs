@@ -131,6 +131,7 @@ impl BatchCompletion {
     }
 
     /// True once resolved.
+    #[inline]
     pub fn is_resolved(&self) -> bool {
         self.outcome.get().is_some()
     }
@@ -142,6 +143,7 @@ impl BatchCompletion {
     }
 
     /// Polls for the outcome, registering `cx`'s waker when not yet resolved.
+    #[inline]
     pub fn poll_outcome(&self, cx: &mut Context<'_>) -> Poll<Result<BatchOutcome, Error>> {
         if let Some(outcome) = self.outcome.get() {
             return Poll::Ready(outcome.clone());

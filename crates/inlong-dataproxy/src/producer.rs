@@ -1025,6 +1025,7 @@ impl DeliveryFuture {
 impl Future for DeliveryFuture {
     type Output = Result<DeliveryReport, Error>;
 
+    #[inline]
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match &mut self.state {
             FutureState::Pending { completion, metadata } => {

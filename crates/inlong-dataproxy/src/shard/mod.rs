@@ -436,8 +436,9 @@ impl Shell {
     fn reconnect(&mut self, now: Instant) {
         for attempt in self.plan.due_connects(now) {
             let (id, endpoint) = (attempt.id, attempt.endpoint);
-            // The new reader's buffer, from the engine's pool: reconnecting does not allocate.
-            if self.inbox.read_buffers.borrow().len() <= self.conns.len() {
+            // The new reader's two buffers, from the engine's pool: reconnecting does not
+            // allocate, and neither does a read.
+            while self.inbox.read_buffers.borrow().len() < 2 {
                 let buf = self.engine.read_buffer();
                 self.inbox.read_buffers.borrow_mut().push(buf);
             }
@@ -488,11 +489,11 @@ impl Shell {
         }
     }
 
-    /// Keeps a read buffer for the readers' next reads: one per connection, the rest to the
-    /// engine's pool.
+    /// Keeps a read buffer for the readers' next reads (a reader swaps the buffer it filled for
+    /// a spare), at most two per connection; the rest go back to the engine's pool.
     fn spare_read_buffer(&mut self, buf: Vec<u8>) {
         let mut spares = self.inbox.read_buffers.borrow_mut();
-        if spares.len() <= self.conns.len() {
+        if spares.len() < 2 * self.conns.len().max(1) {
             spares.push(buf);
         } else {
             self.engine.recycle_read_buffer(buf);

@@ -110,8 +110,8 @@ pub(super) enum ConnIo {
 #[derive(Default)]
 pub(super) struct Inbox {
     pub reports: RefCell<Vec<ConnIo>>,
-    /// Emptied read buffers; a reader that finds none allocates (one buffer per reader in
-    /// flight at most, so this holds about one per connection).
+    /// Emptied read buffers, two per connection from the shard's pool; a reader that finds none
+    /// (its shard loop has not run since its last two reads) allocates one.
     pub read_buffers: RefCell<Vec<Vec<u8>>>,
 }
 
