@@ -1,14 +1,13 @@
-//! A local DataProxy and InLong Manager that the SDK's own tests, benchmarks and CLI run against.
+//! A local InLong DataProxy and Manager, for the tests, benchmarks and CLI of `inlong-dataproxy`
+//! and for anyone's tests of an InLong SDK (as librdkafka's mock cluster is for Kafka clients).
 //!
-//! The real InLong needs a JVM cluster; this module reproduces the parts a client can observe:
-//! the DataProxy TCP source (framing limits, validation order, error codes and reply format of
-//! `PROTOCOL.md` §1 and §3) and the Manager's `getIpList` endpoint (§5). Both can be told to
-//! misbehave at run time (fault injection) and both count what they saw, so a test can prove that
-//! every record the SDK reported as acked really arrived.
+//! The real InLong needs a JVM cluster; this crate reproduces the parts a client can observe:
+//! the DataProxy TCP source (framing limits, validation order, error codes and reply format) and
+//! the Manager's `getIpList` endpoint. Both can be told to misbehave at run time (fault injection)
+//! and both count what they saw, so a test can prove that every record the SDK reported as acked
+//! really arrived. [`workload`] generates realistic log lines and reads the process's CPU time.
 //!
 //! [`LocalCluster`] starts N nodes plus a Manager on loopback; the pieces are usable alone.
-//! Nothing in the producer depends on this module; it ships in the library so that users can run
-//! the same server in their own tests.
 
 mod cluster;
 pub mod codec;
