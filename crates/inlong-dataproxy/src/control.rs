@@ -167,14 +167,10 @@ fn static_endpoints(control: &ControlThread, config: &ProducerConfig) -> Result<
         .map(|text| crate::config::parse_endpoint(text))
         .collect::<Result<Vec<Endpoint>, _>>()
         .map_err(|reason| Error::InvalidConfig { option: "endpoints", reason: reason.into() })?;
-    let addrs = if nodes.iter().all(|node| node.to_socket_addr().is_some()) {
-        nodes.iter().filter_map(Endpoint::to_socket_addr).collect()
-    } else {
-        let lookup = nodes.clone();
-        control
-            .run(async move { resolve(&lookup).await })
-            .ok_or(Error::Spawn { what: "the control thread", reason: "it stopped".into() })?
-    };
+    let lookup = nodes.clone();
+    let addrs = control
+        .run(async move { resolve(&lookup).await })
+        .ok_or(Error::Spawn { what: "the control thread", reason: "it stopped".into() })?;
     if addrs.is_empty() {
         let names: Vec<String> = nodes.iter().map(ToString::to_string).collect();
         return Err(Error::InvalidConfig {

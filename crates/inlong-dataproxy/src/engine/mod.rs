@@ -12,4 +12,6 @@ pub mod accumulator;
 pub mod shard_engine;
 
 pub use accumulator::{BatchAccumulator, BatchLimits, SealedBatch};
-pub use shard_engine::{CloseReason, ConnId, EngineConfig, EngineEvent, Resolved, ShardEngine};
+pub use shard_engine::{
+    CloseReason, ConnId, EngineConfig, EngineCounts, EngineEvent, Resolved, ShardEngine,
+};

@@ -31,7 +31,8 @@ use crate::budget::PendingBudget;
 use crate::buffers::FramePool;
 use crate::completion::run_callback;
 use crate::engine::{
-    CloseReason, ConnId, EngineConfig, EngineEvent, Resolved, SealedBatch, ShardEngine,
+    CloseReason, ConnId, EngineConfig, EngineCounts, EngineEvent, Resolved, SealedBatch,
+    ShardEngine,
 };
 use crate::error::{codes, Error};
 use crate::metrics::ShardMetrics;
@@ -214,11 +215,8 @@ impl Shell {
             let waiting = self.admit_waiting(now);
             let linger = self.take_sealed(now);
             self.handle_connections(now);
-            {
-                let engine = &mut self.engine;
-                if engine.poll_timeout().is_some_and(|at| at <= now) {
-                    engine.handle_timeout(now);
-                }
+            if self.engine.poll_timeout().is_some_and(|at| at <= now) {
+                self.engine.handle_timeout(now);
             }
             self.handle_events(now);
             self.rebalance();
@@ -291,20 +289,18 @@ impl Shell {
             let mut accumulator = self.shared.accumulator();
             accumulator.seal_expired(now);
             accumulator.take_sealed(&mut self.sealed);
-            let engine = &mut self.engine;
-            for body in engine.take_spare_bodies() {
+            for body in self.engine.take_spare_bodies() {
                 accumulator.recycle(body);
             }
-            for completion in engine.take_spare_completions() {
+            for completion in self.engine.take_spare_completions() {
                 accumulator.recycle_completion(completion);
             }
             accumulator.next_deadline()
         };
         if !self.sealed.is_empty() {
             let dt_ms = unix_ms();
-            let engine = &mut self.engine;
             for batch in self.sealed.drain(..) {
-                engine.enqueue(now, batch, dt_ms);
+                self.engine.enqueue(now, batch, dt_ms);
             }
         }
         linger
@@ -502,38 +498,33 @@ impl Shell {
 
     /// Delivers every batch the engine resolved since the last turn (see [`deliver`]).
     fn deliver_resolved(&mut self, now: Instant) {
-        // The counts first: a woken future then sees the batch gone from the gauges too.
+        // The counts first: a woken future then sees the batch gone from the gauges too. Most
+        // turns counted nothing; those touch no collector.
         let counts = self.engine.take_counts();
-        let metrics = &self.settings.metrics;
-        metrics.retry.inc_by(counts.retries);
-        metrics.timeout.inc_by(counts.ack_timeouts);
-        metrics.wire_bytes.inc_by(counts.wire_bytes);
-        metrics.inflight_delta(counts.batches);
-        metrics.pending.add(counts.records);
-        loop {
-            let resolved = self.engine.poll_resolved();
-            let Some(mut resolved) = resolved else { break };
-            // No engine borrow is held here: a callback may send, which only touches the
-            // shared accumulator and wakes this shard.
+        if counts != EngineCounts::default() {
+            let metrics = &self.settings.metrics;
+            metrics.retry.inc_by(counts.retries);
+            metrics.timeout.inc_by(counts.ack_timeouts);
+            metrics.wire_bytes.inc_by(counts.wire_bytes);
+            metrics.inflight_delta(counts.batches);
+            metrics.pending.add(counts.records);
+        }
+        while let Some(mut resolved) = self.engine.poll_resolved() {
             deliver(&mut resolved, &self.budget, &self.settings.metrics, now);
             self.engine.recycle(resolved);
         }
     }
 
     fn handle_events(&mut self, now: Instant) {
-        loop {
-            let event = self.engine.poll_event();
+        while let Some(event) = self.engine.poll_event() {
             match event {
-                Some(EngineEvent::CloseConn { conn, reason }) => self.drop_conn(now, conn, &reason),
-                None => break,
+                EngineEvent::CloseConn { conn, reason } => self.drop_conn(now, conn, &reason),
             }
         }
     }
 
     fn transmit(&mut self, now: Instant) {
-        loop {
-            let transmit = self.engine.poll_transmit(now);
-            let Some(transmit) = transmit else { break };
+        while let Some(transmit) = self.engine.poll_transmit(now) {
             match self.conns.get(&transmit.conn) {
                 Some(tasks) => tasks.send(transmit.bytes),
                 None => {
