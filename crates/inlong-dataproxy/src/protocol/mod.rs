@@ -27,6 +27,19 @@ pub use reply::{decode_reply, frame_len, split_frame, BatchReply, FrameError, Re
 pub const MSG_TYPE_HEARTBEAT: u8 = 1;
 /// Message type of the Go SDK's data batches (`MSG_MULTI_BODY`).
 pub const MSG_TYPE_MULTI_BODY: u8 = 5;
+/// Message type of the binary multi-body frame (`MSG_BIN_MULTI_BODY`, §4.2): the Java and C++
+/// SDKs' default.
+pub const MSG_TYPE_BIN_MULTI_BODY: u8 = 7;
+/// Message type of the binary heartbeat (`MSG_BIN_HEARTBEAT`, §4.5).
+pub const MSG_TYPE_BIN_HEARTBEAT: u8 = 8;
+/// Flag bit of the message type byte: the body is Snappy-compressed (raw block), type 7 only
+/// (§4.3).
+pub const MSG_FLAG_SNAPPY: u8 = 0x20;
+/// The magic number that ends every type 7 and type 8 frame, request and reply (§4.2, §4.5).
+pub const BIN_MAGIC: u16 = 0xEE01;
+/// Type 7 `extField` bit: the group and stream IDs are carried as strings in the attributes
+/// (`groupId=`/`streamId=`) and the numeric IDs are ignored (§4.3).
+pub const EXT_FIELD_IDS_AS_STRINGS: u16 = 0x0004;
 /// The server resolves the message type with `type & 0x1F`; the top three bits are flags (§4.3).
 pub const MSG_TYPE_MASK: u8 = 0x1F;
 
