@@ -169,6 +169,7 @@ async fn run(o: &Options) -> Result<(u64, f64, f64), String> {
                 dt_ms: 1_700_000_000_000,
                 mid: &mid,
                 wid: 0,
+                uniq: 1,
             };
             encoder
                 .encode(&header, &body, &add_columns, usize::MAX, &mut out)

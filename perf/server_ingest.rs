@@ -92,6 +92,7 @@ fn main() {
             dt_ms: 1_700_000_000_000,
             mid: &mid,
             wid: 0,
+            uniq: 1,
         };
         let mut frame = Vec::new();
         encoder.encode(&header, &body, &AddColumns::default(), usize::MAX, &mut frame).unwrap();

@@ -77,8 +77,14 @@ fn send_batch_on(stream: &mut TcpStream, records: usize) -> i32 {
     for i in 0..records {
         body.push(format!("record {i}").as_bytes()).unwrap();
     }
-    let header =
-        BatchHeader { group_id: "test_group", stream_id: "s", dt_ms: 1, mid: "cli-1", wid: 0 };
+    let header = BatchHeader {
+        group_id: "test_group",
+        stream_id: "s",
+        dt_ms: 1,
+        mid: "cli-1",
+        wid: 0,
+        uniq: 1,
+    };
     let mut frame = Vec::new();
     FrameEncoder::new()
         .encode(&header, &body, &AddColumns::default(), usize::MAX, &mut frame)

@@ -27,6 +27,7 @@ const HEADER: BatchHeader<'static> = BatchHeader {
     dt_ms: 1_700_000_000_000,
     mid: "5f3a9c-281474976710657",
     wid: 0,
+    uniq: 1,
 };
 
 fn append(c: &mut Criterion) {

@@ -106,6 +106,7 @@ fn end_to_end(c: &mut Criterion) {
                     dt_ms: 1_700_000_000_000,
                     mid: "5f3a9c-281474976710657",
                     wid: 0,
+                    uniq: 1,
                 };
                 encoder
                     .encode(&header, &body, &AddColumns::default(), usize::MAX, &mut out)

@@ -33,7 +33,9 @@ use inlong_dataproxy_testkit::workload::{log_line, process_cpu_seconds, status_m
 use inlong_dataproxy_testkit::{IngestMode, LocalCluster, NodeConfig};
 
 use super::interrupt::{CloseArgs, Interrupts};
-use super::{resolve_addr, serve_metrics, DeliveryRing, DeliveryTally, Target, TargetArgs};
+use super::{
+    resolve_addr, serve_metrics, DeliveryRing, DeliveryTally, ProtocolArgs, Target, TargetArgs,
+};
 
 /// Futures kept by the application before it waits for the oldest.
 const RING_CAPACITY: usize = 65_536;
@@ -64,6 +66,8 @@ pub enum Sink {
 pub struct BenchArgs {
     #[command(flatten)]
     target: TargetArgs,
+    #[command(flatten)]
+    protocol: ProtocolArgs,
     /// Streams to spread records over (`stream-0`, `stream-1`, ...).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     streams: u32,
@@ -173,8 +177,10 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode, String> {
     if let Some(shards) = args.shards {
         builder = builder.shards(usize::from(shards));
     }
-    let producer =
-        target.apply(builder).build().map_err(|e| format!("cannot start the producer: {e}"))?;
+    let producer = target
+        .apply(args.protocol.apply(builder))
+        .build()
+        .map_err(|e| format!("cannot start the producer: {e}"))?;
     let producer = Arc::new(producer);
     // The send loop checks for a signal before every record: nothing to wake.
     interrupts.watch(&producer, || {});

@@ -20,7 +20,7 @@ use std::task::{Context, Poll, Waker};
 
 use clap::{Parser, Subcommand};
 use hdrhistogram::Histogram;
-use inlong_dataproxy::{DeliveryFuture, DeliveryReport, Error, ProducerBuilder};
+use inlong_dataproxy::{Ack, DeliveryFuture, DeliveryReport, Error, MsgType, ProducerBuilder};
 
 /// A fast client SDK for Apache InLong DataProxy, and a local DataProxy + Manager to try it on.
 #[derive(Debug, Parser)]
@@ -74,6 +74,35 @@ pub struct TargetArgs {
     /// The inlong group ID every record is sent for.
     #[arg(long, value_name = "GROUP", default_value = "test_group")]
     group_id: String,
+}
+
+/// Which wire protocol the producer speaks, and when a record counts as delivered.
+#[derive(Debug, clap::Args)]
+pub struct ProtocolArgs {
+    /// DataProxy message type: 5 (text attributes, as the Go SDK) or 7 (binary, as the Java
+    /// and C++ SDKs, with type 8 heartbeats).
+    #[arg(long, value_name = "5|7", default_value = "5", value_parser = parse_msg_type)]
+    msg_type: MsgType,
+    /// When a record is acked: `proxy` (a DataProxy node accepted it) or `sink` (the node's
+    /// sink stored it in the MQ; needs --msg-type 7).
+    #[arg(long, value_name = "proxy|sink", default_value = "proxy", value_parser = parse_ack)]
+    ack: Ack,
+}
+
+fn parse_msg_type(text: &str) -> Result<MsgType, String> {
+    text.parse().map_err(|_| format!("{text:?} is not 5 or 7"))
+}
+
+fn parse_ack(text: &str) -> Result<Ack, String> {
+    text.parse().map_err(|_| format!("{text:?} is not proxy or sink"))
+}
+
+impl ProtocolArgs {
+    /// Sets the message type and ack level on `builder`; `build()` refuses `--ack sink` with
+    /// `--msg-type 5`.
+    pub fn apply(&self, builder: ProducerBuilder) -> ProducerBuilder {
+        builder.msg_type(self.msg_type).ack(self.ack)
+    }
 }
 
 /// [`TargetArgs`] after validation.

@@ -26,7 +26,7 @@ use bytes::Bytes;
 use inlong_dataproxy::{Error, Producer, Record, StreamId};
 
 use super::interrupt::{CloseArgs, Interrupts};
-use super::{DeliveryRing, DeliveryTally, TargetArgs};
+use super::{DeliveryRing, DeliveryTally, ProtocolArgs, TargetArgs};
 
 /// Futures kept before the oldest is waited for.
 const RING_CAPACITY: usize = 65_536;
@@ -50,6 +50,8 @@ pub struct SendArgs {
     stream_id: String,
     #[command(flatten)]
     target: TargetArgs,
+    #[command(flatten)]
+    protocol: ProtocolArgs,
     /// Files to read, one record per line ("-" is stdin) [default: stdin].
     #[arg(value_name = "FILE")]
     files: Vec<PathBuf>,
@@ -102,7 +104,7 @@ pub fn run(args: &SendArgs) -> Result<ExitCode, String> {
         eprintln!("metrics at http://{bound}/metrics");
     }
     let producer = target
-        .apply(Producer::builder().group_id(args.target.group_id()))
+        .apply(args.protocol.apply(Producer::builder().group_id(args.target.group_id())))
         .build()
         .map_err(|e| format!("cannot start the producer: {e}"))?;
     let producer = Arc::new(producer);

@@ -647,7 +647,8 @@ mod tests {
         for record in records {
             body.push(record).unwrap();
         }
-        let header = BatchHeader { group_id: "g", stream_id: stream, dt_ms: 1, mid: "m-1", wid: 3 };
+        let header =
+            BatchHeader { group_id: "g", stream_id: stream, dt_ms: 1, mid: "m-1", wid: 3, uniq: 1 };
         let mut encoder = FrameEncoder::new();
         encoder.set_compression(compress);
         let mut out = Vec::new();

@@ -103,8 +103,14 @@ fn batch_frame(
     for record in records {
         body.push(record).unwrap();
     }
-    let header =
-        BatchHeader { group_id: group, stream_id: stream, dt_ms: 1_700_000_000_000, mid, wid: 0 };
+    let header = BatchHeader {
+        group_id: group,
+        stream_id: stream,
+        dt_ms: 1_700_000_000_000,
+        mid,
+        wid: 0,
+        uniq: 1,
+    };
     let mut out = Vec::new();
     FrameEncoder::new().encode(&header, &body, cols, usize::MAX, &mut out).unwrap();
     out
@@ -306,8 +312,14 @@ fn oversized_frame_closes_without_reply() {
     encoder.set_compression(false);
     let mut body = BatchBody::new();
     body.push(&record).unwrap();
-    let header =
-        BatchHeader { group_id: "g", stream_id: "s", dt_ms: 1_700_000_000_000, mid: "1", wid: 0 };
+    let header = BatchHeader {
+        group_id: "g",
+        stream_id: "s",
+        dt_ms: 1_700_000_000_000,
+        mid: "1",
+        wid: 0,
+        uniq: 1,
+    };
     let mut frame = Vec::new();
     encoder.encode(&header, &body, &AddColumns::default(), 1024, &mut frame).unwrap();
     assert_eq!(frame.len(), 1024);

@@ -43,6 +43,77 @@ impl std::str::FromStr for Transport {
     }
 }
 
+/// Which DataProxy wire protocol carries the batches (`msg_type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum MsgType {
+    /// msgType 5 (`MSG_MULTI_BODY`), what the Go SDK sends (the default): attributes as text
+    /// (`dt` in milliseconds, `cp=snappy`), replies matched by the `mid` attribute, type 1
+    /// heartbeats.
+    #[default]
+    MultiBody,
+    /// msgType 7 (`MSG_BIN_MULTI_BODY`), the Java and C++ SDKs' default: a binary header (`dt`
+    /// in seconds, a 2-byte `cnt`, a 4-byte `uniq` the reply echoes, the Snappy flag in the type
+    /// byte), type 8 heartbeats. The only type a DataProxy node answers after the MQ stored the
+    /// batch ([`Ack::Sink`]).
+    BinMultiBody,
+}
+
+impl MsgType {
+    /// The message type byte without flags: 5 or 7.
+    pub fn code(self) -> u8 {
+        match self {
+            MsgType::MultiBody => crate::protocol::MSG_TYPE_MULTI_BODY,
+            MsgType::BinMultiBody => crate::protocol::MSG_TYPE_BIN_MULTI_BODY,
+        }
+    }
+}
+
+impl std::str::FromStr for MsgType {
+    type Err = Error;
+
+    fn from_str(text: &str) -> Result<MsgType, Error> {
+        match text {
+            "5" => Ok(MsgType::MultiBody),
+            "7" => Ok(MsgType::BinMultiBody),
+            other => Err(Error::InvalidConfig {
+                option: "msg_type",
+                reason: format!("{other:?} is not 5 or 7"),
+            }),
+        }
+    }
+}
+
+/// When a record counts as delivered (`ack`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Ack {
+    /// Acked when a DataProxy node accepted the batch into its channel (the default, and all
+    /// the Go SDK offers). A node that crashes before its sink delivered the batch loses it.
+    #[default]
+    Proxy,
+    /// Acked only when the node's sink stored the batch in the MQ: the frame carries
+    /// `proxySend=true` and the node answers from its sink, after the MQ's own ack, with codes
+    /// 116–119 when the MQ failed (retried). Needs [`MsgType::BinMultiBody`]: a node sends no
+    /// reply at all to a msgType 5 frame with `proxySend=true`.
+    Sink,
+}
+
+impl std::str::FromStr for Ack {
+    type Err = Error;
+
+    fn from_str(text: &str) -> Result<Ack, Error> {
+        match text {
+            "proxy" => Ok(Ack::Proxy),
+            "sink" => Ok(Ack::Sink),
+            other => Err(Error::InvalidConfig {
+                option: "ack",
+                reason: format!("{other:?} is not proxy or sink"),
+            }),
+        }
+    }
+}
+
 /// A secret whose `Debug` output is redacted, so it never reaches a log.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(pub String);
@@ -149,6 +220,12 @@ pub struct ProducerConfig {
     pub max_packet_length: usize,
     /// Compress bodies over 256 bytes with Snappy, as Go does (true).
     pub compression: bool,
+    /// The wire protocol: msgType 5, as the Go SDK (the default), or 7, as the Java and C++
+    /// SDKs.
+    pub msg_type: MsgType,
+    /// When a record counts as delivered: accepted by a DataProxy node (the default), or stored
+    /// in the MQ by its sink (needs `msg_type` 7).
+    pub ack: Ack,
     /// Heartbeat on idle connections (60 s).
     pub heartbeat_interval: Duration,
     /// How long a heartbeat may wait for its reply before the connection is declared dead (10 s).
@@ -201,6 +278,8 @@ impl Default for ProducerConfig {
             conn_rotation: true,
             max_packet_length: DEFAULT_MAX_PACKET_LEN,
             compression: true,
+            msg_type: MsgType::MultiBody,
+            ack: Ack::Proxy,
             heartbeat_interval: Duration::from_secs(60),
             heartbeat_timeout: Duration::from_secs(10),
             close_timeout: Duration::ZERO,
@@ -295,6 +374,22 @@ impl ProducerConfig {
         }
         if self.batching_max_messages == 0 || self.batching_max_messages > 1_000_000 {
             return bad("batching_max_messages", "must be between 1 and 1000000".into());
+        }
+        if self.ack == Ack::Sink && self.msg_type != MsgType::BinMultiBody {
+            return bad(
+                "ack",
+                "sink acknowledgement needs msg_type 7: a DataProxy node sends no reply at all to \
+                 a msgType 5 frame that asks for it (proxySend=true)"
+                    .into(),
+            );
+        }
+        if self.msg_type == MsgType::BinMultiBody
+            && self.batching_max_messages > usize::from(u16::MAX)
+        {
+            return bad(
+                "batching_max_messages",
+                "must be at most 65535 with msg_type 7 (its cnt field has 2 bytes)".into(),
+            );
         }
         if self.max_packet_length < 1024 || self.max_packet_length > 20 << 20 {
             return bad(
@@ -486,6 +581,15 @@ mod tests {
             ("secret_key", secret(Some("a:b"), Some("key"))),
             ("tenant", ProducerConfig { tenant: Some(" ".into()), ..valid() }),
             ("tenant", ProducerConfig { tenant: Some("a\nb".into()), ..valid() }),
+            ("ack", ProducerConfig { ack: Ack::Sink, ..valid() }),
+            (
+                "batching_max_messages",
+                ProducerConfig {
+                    msg_type: MsgType::BinMultiBody,
+                    batching_max_messages: 65_536,
+                    ..valid()
+                },
+            ),
             ("shards", ProducerConfig { shards: 0, ..valid() }),
             ("shards", ProducerConfig { shards: 1025, ..valid() }),
             ("update_interval", ProducerConfig { update_interval: Duration::ZERO, ..valid() }),
@@ -594,5 +698,20 @@ mod tests {
         assert_eq!("epoll".parse::<Transport>().unwrap(), Transport::Epoll);
         assert_eq!("io_uring".parse::<Transport>().unwrap(), Transport::IoUring);
         assert!("kqueue".parse::<Transport>().is_err());
+    }
+
+    #[test]
+    fn msg_type_and_ack_parse_and_combine() {
+        assert_eq!("5".parse::<MsgType>().unwrap(), MsgType::MultiBody);
+        assert_eq!("7".parse::<MsgType>().unwrap().code(), 7);
+        assert!("3".parse::<MsgType>().is_err());
+        assert_eq!("sink".parse::<Ack>().unwrap(), Ack::Sink);
+        assert!("mq".parse::<Ack>().is_err());
+        let sink = ProducerConfig { msg_type: MsgType::BinMultiBody, ack: Ack::Sink, ..valid() };
+        assert_eq!(sink.validate(), Ok(()));
+        let most = ProducerConfig { batching_max_messages: 65_535, ..sink };
+        assert_eq!(most.validate(), Ok(()));
+        let error = ProducerConfig { ack: Ack::Sink, ..valid() }.validate().unwrap_err();
+        assert!(error.to_string().contains("msg_type 7"), "{error}");
     }
 }

@@ -116,6 +116,16 @@ pub enum Error {
         /// The frame size limit in force.
         limit: usize,
     },
+    /// The attribute string of a msgType 7 frame is longer than its 2-byte length field allows
+    /// (the server reads it as a signed `short`: 32767 bytes at most, §4.2). The ID and
+    /// add-column limits keep every attribute string far below it; this guards the encoder.
+    #[error("attributes of {attr_len} bytes exceed the msgType 7 limit of {limit} bytes")]
+    AttributesTooLong {
+        /// Bytes the attribute string would take.
+        attr_len: usize,
+        /// The limit (32767).
+        limit: usize,
+    },
     /// The record's payload is larger than the largest one its stream's frames can carry: the
     /// frame size limit less the frame's fixed part and attributes, and, with compression on,
     /// less Snappy's worst-case growth (the limit is checked before compressing).
@@ -256,6 +266,15 @@ pub enum Error {
     Discovery(#[source] crate::discovery::DiscoveryError),
 }
 
+/// Server codes that mean "not stored, safe to send again" (`PROTOCOL.md` §3.9): 1, 2 and 3
+/// (the node is not linked to its MQ, going offline, or lacks its configuration), 114 (its
+/// channel refused the event) and, for sink-acknowledged batches, 116–119 (the sink had no
+/// producer, or the MQ refused or failed the send). The engine retries them when
+/// `retry_on_server_error` is on; [`Error::is_retriable`] says the same of a failure with one.
+pub(crate) fn is_retryable_server_code(code: i32) -> bool {
+    matches!(code, 1..=3 | 114 | 116..=119)
+}
+
 fn cause_suffix(cause: &Option<Box<Error>>) -> String {
     cause.as_ref().map(|cause| format!(": {cause}")).unwrap_or_default()
 }
@@ -362,7 +381,9 @@ impl Error {
     pub fn code(&self) -> u32 {
         match self {
             Error::InvalidField { .. } | Error::InvalidPayload { .. } => codes::INPUT_LOG_INVALID,
-            Error::TooLong { .. } | Error::RecordTooLong { .. } => codes::INPUT_LOG_TOO_LONG,
+            Error::TooLong { .. }
+            | Error::RecordTooLong { .. }
+            | Error::AttributesTooLong { .. } => codes::INPUT_LOG_TOO_LONG,
             Error::ProducerClosed => codes::PRODUCER_CLOSED,
             Error::QueueFull => codes::SEND_QUEUE_FULL,
             Error::QueueFullTimeout { .. } => codes::CONTEXT_EXPIRED,
@@ -392,7 +413,7 @@ impl Error {
     ///   [`FlushTimeout`](Error::FlushTimeout) (the nodes may come back: send again, accepting
     ///   that a record whose ack was lost may arrive twice); [`Server`](Error::Server) with a
     ///   code the server may stop answering (1, 2, 3, 114: not linked to its MQ yet, going
-    ///   offline, busy); [`Spawn`](Error::Spawn) (the OS was out of threads: build again later);
+    ///   offline, busy; 116–119: its sink could not store the batch in the MQ); [`Spawn`](Error::Spawn) (the OS was out of threads: build again later);
     ///   [`Purged`](Error::Purged) (the application purged it: send again if still wanted);
     ///   [`Discovery`](Error::Discovery) when [`DiscoveryError::is_transient`](crate::DiscoveryError::is_transient)
     ///   (the Manager was unreachable or answered 5xx).
@@ -417,12 +438,13 @@ impl Error {
             | Error::FlushTimeout { .. }
             | Error::Spawn { .. }
             | Error::Purged => true,
-            Error::Server { code, .. } => matches!(code, 1 | 2 | 3 | 114),
+            Error::Server { code, .. } => is_retryable_server_code(*code),
             Error::Discovery(error) => error.is_transient(),
             Error::InvalidField { .. }
             | Error::InvalidPayload { .. }
             | Error::TooLong { .. }
             | Error::RecordTooLong { .. }
+            | Error::AttributesTooLong { .. }
             | Error::InvalidConfig { .. }
             | Error::ProducerClosed
             | Error::InCallback { .. }

@@ -69,7 +69,7 @@ mod record;
 mod shard;
 
 pub use completion::DeliveryReport;
-pub use config::{ProducerConfig, Secret, Transport};
+pub use config::{Ack, MsgType, ProducerConfig, Secret, Transport};
 pub use discovery::{AuthProvider, DiscoveryError, Endpoint};
 pub use error::{codes, ConnectFailures, Error, Field};
 pub use metrics::MetricsRegistry;

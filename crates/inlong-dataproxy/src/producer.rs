@@ -24,7 +24,7 @@ use crate::discovery::AuthProvider;
 use crate::engine::{BatchAccumulator, BatchLimits, EngineConfig};
 use crate::error::Error;
 use crate::metrics::{MetricsRegistry, ProducerMetrics, ShardMetrics};
-use crate::protocol::{AddColumns, FrameBudget};
+use crate::protocol::{AddColumns, FrameBudget, FrameFormat};
 use crate::record::Record;
 use crate::shard::{self, Command, Driver, ShardSettings, ShardShared, Waiting};
 
@@ -169,6 +169,10 @@ impl ProducerBuilder {
         max_packet_length: usize,
         /// Snappy compression of bodies over 256 bytes.
         compression: bool,
+        /// Wire protocol: msgType 5 (default) or 7.
+        msg_type: crate::MsgType,
+        /// Acked by the DataProxy node (default) or by its MQ sink (msgType 7 only).
+        ack: crate::Ack,
         /// Replace connections every 30–80 s (random per connection).
         conn_rotation: bool,
         /// Heartbeat interval on idle connections.
@@ -294,6 +298,7 @@ impl Producer {
         let add_columns =
             AddColumns::new(config.add_columns.iter().map(|(k, v)| (k, v)), &host_ip())?;
         let mid_prefix = format!("{:x}-", unique_tag());
+        let format = FrameFormat::new(config.msg_type, config.ack);
         let budget =
             Arc::new(PendingBudget::new(config.max_pending_messages, config.max_pending_bytes));
         let limits = BatchLimits {
@@ -302,6 +307,7 @@ impl Producer {
             linger: config.batching_max_publish_delay,
             frame: FrameBudget::new(
                 config.max_packet_length,
+                format,
                 &config.group_id,
                 mid_prefix.len(),
                 &add_columns,
@@ -345,6 +351,8 @@ impl Producer {
                     heartbeat_timeout: config.heartbeat_timeout,
                     plan,
                     compression: config.compression,
+                    format,
+                    start_unix_ms: crate::shard::unix_ms(),
                     add_columns: add_columns.clone(),
                     seed: unique_tag() ^ index as u64,
                 },

@@ -404,7 +404,7 @@ mod tests {
             max_messages: 3,
             max_payload_bytes: 100,
             linger: Duration::from_millis(20),
-            frame: FrameBudget::new(4096, "g", 20, &Default::default(), true),
+            frame: FrameBudget::new(4096, Default::default(), "g", 20, &Default::default(), true),
         }
     }
 

@@ -1,15 +1,72 @@
-//! The msgType 5 batch frame (`PROTOCOL.md` §2.1–§2.4).
+//! The batch frames: msgType 5 (`PROTOCOL.md` §2.1–§2.4) and msgType 7 (§4.2–§4.3).
 //!
 //! [`BatchBody`] accumulates `[len u32][payload]` entries as records arrive (one `memcpy` per
-//! record, no allocation once its buffer has grown). [`FrameEncoder`] turns a sealed body into a
-//! frame appended to a caller-owned output buffer: Snappy raw block when the body is over 256
-//! bytes, attributes in the Go SDK's order, and the frame size limit enforced before anything is
-//! handed to a transport.
+//! record, no allocation once its buffer has grown); both frame types carry the same entries.
+//! [`FrameEncoder`] turns a sealed body into a frame of its [`FrameFormat`], appended to a
+//! caller-owned output buffer: Snappy raw block when the body is over 256 bytes, and the frame
+//! size limit enforced before anything is handed to a transport.
+//!
+//! * msgType 5: `totalLen | 0x05 | bodyLen u32 | body | attrLen u32 | attrs`, attributes in the
+//!   Go SDK's order (`groupId`, `streamId`, `dt` in ms, `mid`, `sid`, `wid`, `cnt`, `cp=snappy`,
+//!   add-columns); the reply is matched by `mid`.
+//! * msgType 7: `totalLen | 0x07 (| 0x20 when Snappy) | groupIdNum=0 | streamIdNum=0 |
+//!   extField=0x0004 | dt u32 (seconds) | cnt u16 | uniq u32 | bodyLen u32 | body | attrLen u16 |
+//!   attrs | 0xEE01`, attributes `groupId=…&streamId=…[&proxySend=true]` and the add-columns;
+//!   the reply echoes `uniq`. `attrLen` is read as a signed `short` by the server: attributes
+//!   over 32767 bytes are refused here ([`Error::AttributesTooLong`]).
 
 use super::{
-    push_decimal, AddColumns, COMPRESS_THRESHOLD, MSG_TYPE_MULTI_BODY, TEXT_FRAME_OVERHEAD,
+    push_decimal, AddColumns, BIN_MAGIC, COMPRESS_THRESHOLD, EXT_FIELD_IDS_AS_STRINGS,
+    MSG_FLAG_SNAPPY, MSG_TYPE_BIN_MULTI_BODY, MSG_TYPE_MULTI_BODY, TEXT_FRAME_OVERHEAD,
 };
+use crate::config::{Ack, MsgType};
 use crate::error::Error;
+
+/// Bytes of a msgType 7 frame that are neither body nor attributes (§4.2): `totalLen u32 | type
+/// u8 | groupIdNum u16 | streamIdNum u16 | extField u16 | dt u32 | cnt u16 | uniq u32 | bodyLen
+/// u32 | … | attrLen u16 | … | magic u16`.
+pub const BIN_FRAME_OVERHEAD: usize = 29;
+
+/// The longest attribute string of a msgType 7 frame: its length field is read as a signed
+/// 16-bit integer.
+pub const BIN_MAX_ATTR_LEN: usize = i16::MAX as usize;
+
+/// The attribute that asks a node to answer from its sink, after the MQ stored the batch.
+const SINK_ACK_ATTR: &str = "&proxySend=true";
+
+/// Which frame an encoder writes and what it asks of the server: one value per producer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FrameFormat {
+    /// msgType 5 or 7.
+    pub msg_type: MsgType,
+    /// Acked by the node, or by its sink (msgType 7 only: `proxySend=true`).
+    pub ack: Ack,
+}
+
+impl FrameFormat {
+    /// The format of a producer with these options.
+    pub fn new(msg_type: MsgType, ack: Ack) -> FrameFormat {
+        FrameFormat { msg_type, ack }
+    }
+
+    /// True for msgType 7.
+    pub fn is_binary(self) -> bool {
+        self.msg_type == MsgType::BinMultiBody
+    }
+
+    /// Bytes of a frame that are neither body nor attributes.
+    pub fn overhead(self) -> usize {
+        if self.is_binary() {
+            BIN_FRAME_OVERHEAD
+        } else {
+            TEXT_FRAME_OVERHEAD
+        }
+    }
+
+    fn sink_ack(self) -> bool {
+        self.is_binary() && self.ack == Ack::Sink
+    }
+}
 
 /// The body of one batch under construction: `[len u32][payload]` per record, in arrival order.
 #[derive(Debug, Clone, Default)]
@@ -109,6 +166,8 @@ pub struct BatchHeader<'a> {
     pub mid: &'a str,
     /// `wid`: the shard (worker) index.
     pub wid: u32,
+    /// `uniq`: the ID a msgType 7 reply echoes (unused by msgType 5).
+    pub uniq: u32,
 }
 
 /// What [`FrameEncoder::encode`] appended.
@@ -130,22 +189,23 @@ pub struct EncodedFrame {
 /// worst case, stays under the frame limit. All frame-size arithmetic lives here: the
 /// accumulator seals on [`FrameBudget::max_body_len`], and [`Error::RecordTooLong`] names it.
 ///
-/// The worst case is every variable attribute at its longest (`dt`, the batch number in `mid`
-/// and `sid`, `wid` and `cnt` at their most digits, `cp=snappy`) and, with compression on, a
-/// body Snappy cannot shrink.
+/// The worst case is every variable attribute at its longest (msgType 5: `dt`, the batch
+/// number in `mid` and `sid`, `wid` and `cnt` at their most digits, `cp=snappy`; msgType 7 has
+/// them in fixed-size fields) and, with compression on, a body Snappy cannot shrink.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FrameBudget {
     max_frame_len: usize,
-    /// The attribute string without the stream ID, at its longest.
-    attr_overhead: usize,
+    /// The frame's fixed part and its attribute string without the stream ID, at its longest.
+    overhead: usize,
     compression: bool,
 }
 
 impl FrameBudget {
-    /// The budget of frames of `group_id` whose `mid`s start with `mid_prefix_len` bytes, with
-    /// these add-columns, under `max_frame_len` (`4 + totalLen`).
+    /// The budget of frames of `group_id` in `format` whose `mid`s start with `mid_prefix_len`
+    /// bytes, with these add-columns, under `max_frame_len` (`4 + totalLen`).
     pub fn new(
         max_frame_len: usize,
+        format: FrameFormat,
         group_id: &str,
         mid_prefix_len: usize,
         add_columns: &AddColumns,
@@ -153,13 +213,16 @@ impl FrameBudget {
     ) -> FrameBudget {
         const U64_DIGITS: usize = 20;
         const U32_DIGITS: usize = 10;
-        let attr_overhead = "groupId=&streamId=&dt=&mid=&sid=&wid=&cnt=&cp=snappy".len()
-            + group_id.len()
-            + U64_DIGITS
-            + 2 * (mid_prefix_len + U64_DIGITS)
-            + 2 * U32_DIGITS
-            + add_columns.as_str().len();
-        FrameBudget { max_frame_len, attr_overhead, compression }
+        let attrs = if format.is_binary() {
+            "groupId=&streamId=".len() + if format.sink_ack() { SINK_ACK_ATTR.len() } else { 0 }
+        } else {
+            "groupId=&streamId=&dt=&mid=&sid=&wid=&cnt=&cp=snappy".len()
+                + U64_DIGITS
+                + 2 * (mid_prefix_len + U64_DIGITS)
+                + 2 * U32_DIGITS
+        };
+        let overhead = format.overhead() + attrs + group_id.len() + add_columns.as_str().len();
+        FrameBudget { max_frame_len, overhead, compression }
     }
 
     /// The frame limit.
@@ -175,7 +238,7 @@ impl FrameBudget {
     /// The largest frame a body of `body_len` bytes of a stream ID of `stream_len` bytes can
     /// produce.
     pub fn worst_case_frame_len(&self, stream_len: usize, body_len: usize) -> usize {
-        TEXT_FRAME_OVERHEAD + self.attr_overhead + stream_len + self.worst_body(body_len)
+        self.overhead + stream_len + self.worst_body(body_len)
     }
 
     fn worst_body(&self, body: usize) -> usize {
@@ -188,7 +251,7 @@ impl FrameBudget {
 
     /// The largest uncompressed body whose frame, in the worst case, fits the frame limit.
     pub fn max_body_len(&self, stream_len: usize) -> usize {
-        let fixed = TEXT_FRAME_OVERHEAD + self.attr_overhead + stream_len;
+        let fixed = self.overhead + stream_len;
         let Some(room) = self.max_frame_len.checked_sub(fixed) else { return 0 };
         if self.worst_body(room) <= room {
             return room;
@@ -202,11 +265,13 @@ impl FrameBudget {
     }
 }
 
-/// Encodes sealed batch bodies into msgType 5 frames. Holds the reusable Snappy encoder state.
+/// Encodes sealed batch bodies into frames of its [`FrameFormat`] (msgType 5 unless set). Holds
+/// the reusable Snappy encoder state.
 #[derive(Debug)]
 pub struct FrameEncoder {
     snappy: snap::raw::Encoder,
     compression: bool,
+    format: FrameFormat,
     /// Snappy's output before it is copied into the frame.
     scratch: Vec<u8>,
 }
@@ -220,7 +285,22 @@ impl Default for FrameEncoder {
 impl FrameEncoder {
     /// An encoder that compresses bodies over [`COMPRESS_THRESHOLD`] bytes, as the Go SDK does.
     pub fn new() -> FrameEncoder {
-        FrameEncoder { snappy: snap::raw::Encoder::new(), compression: true, scratch: Vec::new() }
+        FrameEncoder {
+            snappy: snap::raw::Encoder::new(),
+            compression: true,
+            format: FrameFormat::default(),
+            scratch: Vec::new(),
+        }
+    }
+
+    /// Sets the frame type and ack level written from now on (msgType 5, node ack by default).
+    pub fn set_format(&mut self, format: FrameFormat) {
+        self.format = format;
+    }
+
+    /// The format written.
+    pub fn format(&self) -> FrameFormat {
+        self.format
     }
 
     /// Turns compression on (the default, Go-compatible) or off.
@@ -313,6 +393,18 @@ impl FrameEncoder {
         } else {
             entries
         };
+        if self.format.is_binary() {
+            return encode_binary(
+                header,
+                body,
+                wire_body,
+                compressed,
+                self.format,
+                add_columns,
+                out,
+                make_room,
+            );
+        }
         let attrs = attr_len(header, body.count(), compressed, add_columns);
         make_room(out, TEXT_FRAME_OVERHEAD + wire_body.len() + attrs);
         let start = out.len();
@@ -341,6 +433,70 @@ impl FrameEncoder {
             count: body.count(),
         })
     }
+}
+
+/// Appends the msgType 7 frame of a body already compressed (or not) into `wire_body`.
+#[allow(clippy::too_many_arguments)]
+fn encode_binary(
+    header: &BatchHeader<'_>,
+    body: &BatchBody,
+    wire_body: &[u8],
+    compressed: bool,
+    format: FrameFormat,
+    add_columns: &AddColumns,
+    out: &mut Vec<u8>,
+    make_room: impl FnOnce(&mut Vec<u8>, usize),
+) -> Result<EncodedFrame, Error> {
+    let sink_ack = format.sink_ack();
+    let attr_len = "groupId=&streamId=".len()
+        + header.group_id.len()
+        + header.stream_id.len()
+        + if sink_ack { SINK_ACK_ATTR.len() } else { 0 }
+        + add_columns.as_str().len();
+    if attr_len > BIN_MAX_ATTR_LEN {
+        return Err(Error::AttributesTooLong { attr_len, limit: BIN_MAX_ATTR_LEN });
+    }
+    let count = u16::try_from(body.count()).map_err(|_| Error::InvalidPayload {
+        reason: "a msgType 7 batch holds at most 65535 records (its cnt field has 2 bytes)",
+    })?;
+    let frame_len = BIN_FRAME_OVERHEAD + wire_body.len() + attr_len;
+    let too_long = || Error::TooLong { frame_len, limit: u32::MAX as usize };
+    let total_len = u32::try_from(frame_len - 4).map_err(|_| too_long())?;
+    let wire_body_u32 = u32::try_from(wire_body.len()).map_err(|_| too_long())?;
+    // The seconds field is 32 bits wide: good until 2106.
+    let dt_secs = u32::try_from(header.dt_ms / 1000).unwrap_or(u32::MAX);
+    let msg_type = MSG_TYPE_BIN_MULTI_BODY | if compressed { MSG_FLAG_SNAPPY } else { 0 };
+    make_room(out, frame_len);
+    let start = out.len();
+    out.extend_from_slice(&total_len.to_be_bytes());
+    out.push(msg_type);
+    out.extend_from_slice(&[0, 0, 0, 0]); // groupIdNum, streamIdNum: the IDs go as strings
+    out.extend_from_slice(&EXT_FIELD_IDS_AS_STRINGS.to_be_bytes());
+    out.extend_from_slice(&dt_secs.to_be_bytes());
+    out.extend_from_slice(&count.to_be_bytes());
+    out.extend_from_slice(&header.uniq.to_be_bytes());
+    out.extend_from_slice(&wire_body_u32.to_be_bytes());
+    out.extend_from_slice(wire_body);
+    // attr_len <= BIN_MAX_ATTR_LEN, checked above.
+    #[allow(clippy::cast_possible_truncation)]
+    out.extend_from_slice(&(attr_len as u16).to_be_bytes());
+    out.extend_from_slice(b"groupId=");
+    out.extend_from_slice(header.group_id.as_bytes());
+    out.extend_from_slice(b"&streamId=");
+    out.extend_from_slice(header.stream_id.as_bytes());
+    if sink_ack {
+        out.extend_from_slice(SINK_ACK_ATTR.as_bytes());
+    }
+    out.extend_from_slice(add_columns.as_str().as_bytes());
+    out.extend_from_slice(&BIN_MAGIC.to_be_bytes());
+    debug_assert_eq!(out.len() - start, frame_len);
+    Ok(EncodedFrame {
+        frame_len,
+        body_len: body.len(),
+        wire_body_len: wire_body.len(),
+        compressed,
+        count: body.count(),
+    })
 }
 
 /// Writes `groupId=…&streamId=…&dt=…&mid=…&sid=…&wid=…&cnt=…[&cp=snappy]<add-columns>`.
@@ -405,6 +561,7 @@ mod tests {
         dt_ms: 1_700_000_000_000,
         mid: "0000-fixed",
         wid: 0,
+        uniq: 1,
     };
 
     fn encode(payloads: &[&[u8]], cols: &AddColumns) -> (Vec<u8>, EncodedFrame) {
@@ -590,7 +747,8 @@ mod tests {
     fn the_frame_budget_bounds_the_real_frame() {
         let cols = AddColumns::new([("k", "v")], "ip").unwrap();
         // `HEADER`'s mid, "0000-fixed", is a 5-byte prefix and a batch number.
-        let budget = FrameBudget::new(usize::MAX, HEADER.group_id, 5, &cols, true);
+        let budget =
+            FrameBudget::new(usize::MAX, FrameFormat::default(), HEADER.group_id, 5, &cols, true);
         for size in [1usize, 100, 252, 253, 1000, 40_000] {
             let mut body = BatchBody::new();
             body.push(&v4_payload().repeat(size / 300 + 1)[..size]).unwrap();
@@ -599,6 +757,144 @@ mod tests {
                 FrameEncoder::new().encode(&HEADER, &body, &cols, usize::MAX, &mut out).unwrap();
             let bound = budget.worst_case_frame_len(HEADER.stream_id.len(), body.len());
             assert!(frame.frame_len <= bound, "{size}: {} > {bound}", frame.frame_len);
+        }
+    }
+
+    fn binary_encoder(ack: Ack) -> FrameEncoder {
+        let mut encoder = FrameEncoder::new();
+        encoder.set_format(FrameFormat::new(MsgType::BinMultiBody, ack));
+        encoder
+    }
+
+    fn encode_binary(payloads: &[&[u8]], ack: Ack, cols: &AddColumns) -> (Vec<u8>, EncodedFrame) {
+        let mut body = BatchBody::new();
+        for payload in payloads {
+            body.push(payload).unwrap();
+        }
+        let mut out = Vec::new();
+        let frame = binary_encoder(ack).encode(&HEADER, &body, cols, usize::MAX, &mut out).unwrap();
+        assert_eq!(frame.frame_len, out.len());
+        assert_eq!(out.capacity(), out.len(), "an empty buffer grows to the exact frame, once");
+        (out, frame)
+    }
+
+    /// Splits a msgType 7 frame into (type byte, cnt, uniq, body as sent, attribute string).
+    fn binary_parts(frame: &[u8]) -> (u8, u16, u32, &[u8], &str) {
+        assert_eq!(read_u32(frame, 0) as usize, frame.len() - 4, "totalLen");
+        assert_eq!(&frame[5..11], &[0, 0, 0, 0, 0, 4], "string IDs, extField 0x0004");
+        let body_len = read_u32(frame, 21) as usize;
+        let attr_len = u16::from_be_bytes([frame[25 + body_len], frame[26 + body_len]]) as usize;
+        assert_eq!(29 + body_len + attr_len, frame.len());
+        assert_eq!(&frame[frame.len() - 2..], &[0xee, 0x01], "magic");
+        (
+            frame[4],
+            u16::from_be_bytes([frame[15], frame[16]]),
+            read_u32(frame, 17),
+            &frame[25..25 + body_len],
+            std::str::from_utf8(&frame[27 + body_len..27 + body_len + attr_len]).unwrap(),
+        )
+    }
+
+    #[test]
+    fn golden_type_7_request_7_8() {
+        let (out, frame) = encode_binary(&[b"a|b|c"], Ack::Proxy, &AddColumns::default());
+        assert_eq!(
+            hex(&out),
+            "00000049070000000000046553f1000001000000010000000900000005617c62\
+             7c63002767726f757049643d746573745f67726f75702673747265616d49643d\
+             746573745f73747265616dee01"
+        );
+        assert_eq!((frame.frame_len, frame.count, frame.compressed), (77, 1, false));
+    }
+
+    #[test]
+    fn type_7_compresses_the_entries_and_flags_the_type_byte() {
+        let payload = b"0123456789".repeat(20);
+        let cols = AddColumns::new([("__addcol1__worldid", "xxx")], "127.0.0.1").unwrap();
+        let (out, frame) = encode_binary(&[&payload, &payload, b"end\n"], Ack::Proxy, &cols);
+        let (msg_type, cnt, uniq, body, attrs) = binary_parts(&out);
+        assert!(frame.compressed);
+        assert_eq!((msg_type, cnt, uniq), (0x27, 3, 1));
+        let mut expected = BatchBody::new();
+        for entry in [&payload[..], &payload[..], b"end\n"] {
+            expected.push(entry).unwrap();
+        }
+        assert_eq!(snap::raw::Decoder::new().decompress_vec(body).unwrap(), expected.entries());
+        assert_eq!(attrs, "groupId=test_group&streamId=test_stream&__addcol1__worldid=xxx");
+        assert_eq!(read_u32(&out, 11), 1_700_000_000, "dt in seconds");
+    }
+
+    #[test]
+    fn type_7_sink_ack_asks_for_the_sinks_reply() {
+        let (out, _) = encode_binary(&[b"x"], Ack::Sink, &AddColumns::default());
+        assert_eq!(binary_parts(&out).4, "groupId=test_group&streamId=test_stream&proxySend=true");
+        // msgType 5 never carries it: a node would not answer at all.
+        let mut encoder = FrameEncoder::new();
+        encoder.set_format(FrameFormat::new(MsgType::MultiBody, Ack::Sink));
+        let mut body = BatchBody::new();
+        body.push(b"x").unwrap();
+        let mut out = Vec::new();
+        encoder.encode(&HEADER, &body, &AddColumns::default(), usize::MAX, &mut out).unwrap();
+        assert!(!parts(&out).1.contains("proxySend"));
+    }
+
+    #[test]
+    fn type_7_attributes_over_32767_bytes_are_refused() {
+        let mut body = BatchBody::new();
+        body.push(b"x").unwrap();
+        let cols = AddColumns::default();
+        let fits = "s".repeat(BIN_MAX_ATTR_LEN - "groupId=test_group&streamId=".len());
+        let over = format!("{fits}s");
+        let mut out = vec![7];
+        for (stream, ok) in [(fits.as_str(), true), (over.as_str(), false)] {
+            let header = BatchHeader { stream_id: stream, ..HEADER };
+            let result =
+                binary_encoder(Ack::Proxy).encode(&header, &body, &cols, usize::MAX, &mut out);
+            if ok {
+                assert_eq!(binary_parts(&out[1..]).4.len(), BIN_MAX_ATTR_LEN);
+                out.truncate(1);
+            } else {
+                let err = result.unwrap_err();
+                assert_eq!(err, Error::AttributesTooLong { attr_len: 32_768, limit: 32_767 });
+                assert_eq!(err.code(), 10009);
+                assert_eq!(out, vec![7], "nothing written");
+            }
+        }
+    }
+
+    #[test]
+    fn type_7_cnt_has_two_bytes() {
+        let mut body = BatchBody::new();
+        for _ in 0..65_536 {
+            body.push(b"x").unwrap();
+        }
+        let mut out = Vec::new();
+        let err = binary_encoder(Ack::Proxy)
+            .encode(&HEADER, &body, &AddColumns::default(), usize::MAX, &mut out)
+            .unwrap_err();
+        assert_eq!(err.code(), 10010);
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn the_type_7_frame_budget_bounds_the_real_frame() {
+        let cols = AddColumns::new([("k", "v")], "ip").unwrap();
+        for ack in [Ack::Proxy, Ack::Sink] {
+            let format = FrameFormat::new(MsgType::BinMultiBody, ack);
+            let budget = FrameBudget::new(usize::MAX, format, HEADER.group_id, 5, &cols, true);
+            for size in [1usize, 100, 253, 40_000] {
+                let mut body = BatchBody::new();
+                body.push(&v4_payload().repeat(size / 300 + 1)[..size]).unwrap();
+                let mut out = Vec::new();
+                let frame = binary_encoder(ack)
+                    .encode(&HEADER, &body, &cols, usize::MAX, &mut out)
+                    .unwrap();
+                let bound = budget.worst_case_frame_len(HEADER.stream_id.len(), body.len());
+                assert!(frame.frame_len <= bound, "{size}: {} > {bound}", frame.frame_len);
+                if !frame.compressed {
+                    assert_eq!(frame.frame_len, bound, "exact for an uncompressed body");
+                }
+            }
         }
     }
 
@@ -625,7 +921,14 @@ mod budget_tests {
     #[test]
     fn max_body_len_fills_the_frame_without_wasting_room() {
         for max_frame_len in [1024usize, 4096, 65_536, 524_288] {
-            let budget = FrameBudget::new(max_frame_len, "g", 20, &AddColumns::default(), true);
+            let budget = FrameBudget::new(
+                max_frame_len,
+                FrameFormat::default(),
+                "g",
+                20,
+                &AddColumns::default(),
+                true,
+            );
             let body = budget.max_body_len(10);
             assert!(budget.worst_case_frame_len(10, body) <= max_frame_len, "{max_frame_len}");
             let room = max_frame_len - budget.worst_case_frame_len(10, 0);
@@ -643,10 +946,18 @@ mod budget_tests {
             stream in "[a-z]{1,40}",
             column in "[a-z]{1,30}",
             compression: bool,
+            binary: bool,
+            sink: bool,
         ) {
             let cols = AddColumns::new([("col", column.as_str())], "ip").unwrap();
             let prefix = "9f3c2a1b-";
-            let budget = FrameBudget::new(max_frame_len, &group, prefix.len(), &cols, compression);
+            let format = if binary {
+                FrameFormat::new(MsgType::BinMultiBody, if sink { Ack::Sink } else { Ack::Proxy })
+            } else {
+                FrameFormat::default()
+            };
+            let budget =
+                FrameBudget::new(max_frame_len, format, &group, prefix.len(), &cols, compression);
             let body_len = budget.max_body_len(stream.len());
             prop_assume!(body_len > 4);
             // Random bytes: Snappy's worst case.
@@ -664,9 +975,11 @@ mod budget_tests {
                 dt_ms: u64::MAX,
                 mid: &mid,
                 wid: u32::MAX,
+                uniq: u32::MAX,
             };
             let mut encoder = FrameEncoder::new();
             encoder.set_compression(compression);
+            encoder.set_format(format);
             let mut out = Vec::new();
             let frame = encoder.encode(&header, &body, &cols, max_frame_len, &mut out);
             prop_assert!(frame.is_ok(), "{frame:?}");

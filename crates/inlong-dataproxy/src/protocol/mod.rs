@@ -1,9 +1,10 @@
 //! The DataProxy TCP wire codec: pure functions and buffers, no sockets, no clock.
 //!
-//! This module owns the bytes of `PROTOCOL.md` §1–§2 as the Go SDK writes them: the outer
-//! `totalLen` frame, the msgType 5 batch frame (body entries, the Snappy raw block rule,
-//! attributes in the Go order), the type 1 heartbeat, and the decoder for the server's replies
-//! (§3.7). It also owns the input validation the Go SDK lacks (§6.13): anything that would corrupt
+//! This module owns the bytes of `PROTOCOL.md` §1–§2 and §4: the outer `totalLen` frame, the
+//! msgType 5 batch frame as the Go SDK writes it (body entries, the Snappy raw block rule,
+//! attributes in the Go order) and the binary msgType 7 frame of the Java and C++ SDKs, the type
+//! 1 and type 8 heartbeats, and the decoder for the server's replies to all of them (§3.7,
+//! §3.8, §4.4, §4.5). It also owns the input validation the Go SDK lacks (§6.13): anything that would corrupt
 //! the `k=v&k=v` attribute string, an empty entry, or a frame over the server's size limit is a
 //! typed [`Error`](crate::Error) here, before a byte reaches the wire.
 //!
@@ -20,7 +21,10 @@ mod batch;
 mod reply;
 
 pub use attrs::{validate_id, validate_payload, AddColumns, RESERVED_ATTR_KEYS};
-pub use batch::{BatchBody, BatchHeader, EncodedFrame, FrameBudget, FrameEncoder};
+pub use batch::{
+    BatchBody, BatchHeader, EncodedFrame, FrameBudget, FrameEncoder, FrameFormat,
+    BIN_FRAME_OVERHEAD, BIN_MAX_ATTR_LEN,
+};
 pub use reply::{decode_reply, frame_len, split_frame, BatchReply, FrameError, Reply};
 
 /// Message type of the Go SDK's heartbeat (`MSG_HEARTBEAT`).
@@ -68,6 +72,26 @@ pub fn encode_heartbeat(out: &mut Vec<u8>) {
     out.extend_from_slice(&HEARTBEAT_REQUEST);
 }
 
+/// The version byte of the type 8 heartbeats this SDK sends: 1, as the C++ SDK, whose
+/// `dataTime` is in seconds (the Java SDK's version 2 puts truncated milliseconds there, §4.5).
+pub const BIN_HEARTBEAT_VERSION: u8 = 1;
+
+/// Length of the type 8 heartbeat request this SDK sends (no attributes).
+pub const BIN_HEARTBEAT_LEN: usize = 18;
+
+/// The 18-byte type 8 heartbeat request (§4.5): `totalLen=14 | 0x08 | dataTime u32 (seconds) |
+/// version=1 | bodyLen=0 | attrLen=0 | 0xEE01`.
+pub fn bin_heartbeat(unix_secs: u32) -> [u8; BIN_HEARTBEAT_LEN] {
+    let mut frame = [0u8; BIN_HEARTBEAT_LEN];
+    frame[..4].copy_from_slice(&14u32.to_be_bytes());
+    frame[4] = MSG_TYPE_BIN_HEARTBEAT;
+    frame[5..9].copy_from_slice(&unix_secs.to_be_bytes());
+    frame[9] = BIN_HEARTBEAT_VERSION;
+    // bodyLen (4 bytes) and attrLen (2 bytes) stay 0.
+    frame[16..].copy_from_slice(&BIN_MAGIC.to_be_bytes());
+    frame
+}
+
 /// Appends the decimal digits of `value` to `out` without allocating.
 pub(crate) fn push_decimal(out: &mut Vec<u8>, mut value: u64) {
     let mut digits = [0u8; 20];
@@ -102,6 +126,11 @@ pub(crate) mod tests {
         encode_heartbeat(&mut out);
         assert_eq!(hex(&out), "00000009010000000000000000");
         assert_eq!(hex(&HEARTBEAT_REPLY), "0000000101");
+    }
+
+    #[test]
+    fn bin_heartbeat_matches_golden_vector_7_8() {
+        assert_eq!(hex(&bin_heartbeat(0x6553_f100)), "0000000e086553f10001000000000000ee01");
     }
 
     #[test]

@@ -1,4 +1,6 @@
-//! Splitting the server's byte stream into frames and decoding replies (`PROTOCOL.md` §3.7, §3.8).
+//! Splitting the server's byte stream into frames and decoding replies (`PROTOCOL.md` §3.7, §3.8,
+//! §4.4, §4.5): to msgType 5 batches (txt reply, matched by `mid`), to msgType 7 batches (binary
+//! reply, matched by `uniq`), and to type 1 and type 8 heartbeats.
 //!
 //! Every length is checked against the bytes actually present and against the frame limit before
 //! anything is looked at, and nothing here allocates: a decoded [`Reply`] borrows from the frame.
@@ -6,7 +8,10 @@
 //! `=`, the **last** occurrence of a key wins (the echoed request attributes come last), and an
 //! absent `errCode` means success.
 
-use super::{read_u32, MSG_TYPE_HEARTBEAT, MSG_TYPE_MULTI_BODY};
+use super::{
+    read_u32, BIN_MAGIC, MSG_TYPE_BIN_HEARTBEAT, MSG_TYPE_BIN_MULTI_BODY, MSG_TYPE_HEARTBEAT,
+    MSG_TYPE_MULTI_BODY,
+};
 
 /// Why a byte stream or frame cannot be decoded. The connection it came from must be closed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -34,6 +39,9 @@ pub enum FrameError {
     /// The body and attribute lengths disagree with the frame length.
     #[error("inconsistent lengths: {0}")]
     Inconsistent(&'static str),
+    /// A binary (type 7 or 8) frame does not end with the magic number 0xEE01.
+    #[error("binary reply ends with {0:#06x}, not the magic 0xee01")]
+    BadMagic(u16),
 }
 
 /// Finds the first complete frame at the start of `buf`.
@@ -67,13 +75,13 @@ pub fn frame_len(buf: &[u8], max_frame_len: usize) -> Result<Option<usize>, Fram
 /// A decoded reply frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reply<'a> {
-    /// The 5-byte type 1 heartbeat reply.
+    /// A heartbeat reply: the 5-byte type 1 reply, or a well-formed type 8 reply.
     Heartbeat,
     /// The reply to a data batch.
     Batch(BatchReply<'a>),
 }
 
-/// The reply to a msgType 5 batch, borrowing from its frame.
+/// The reply to a msgType 5 or 7 batch, borrowing from its frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BatchReply<'a> {
     /// The server's `errCode`: 0 when absent (success). A value that is not a valid `i32` is
@@ -86,6 +94,8 @@ pub struct BatchReply<'a> {
     pub mid: Option<&'a [u8]>,
     /// `wid` echoed from the request.
     pub wid: Option<&'a [u8]>,
+    /// `uniq` of a msgType 7 reply (the request's, echoed); `None` for msgType 5.
+    pub uniq: Option<u32>,
     /// `dpIp`: the answering node's configured address.
     pub dp_ip: Option<&'a [u8]>,
     /// The reply body: `"2"`, or empty for sink-side replies.
@@ -120,8 +130,63 @@ pub fn decode_reply(frame: &[u8]) -> Result<Reply<'_>, FrameError> {
     match frame[4] {
         MSG_TYPE_HEARTBEAT => Ok(Reply::Heartbeat),
         MSG_TYPE_MULTI_BODY => decode_batch_reply(frame).map(Reply::Batch),
+        MSG_TYPE_BIN_MULTI_BODY => decode_bin_reply(frame).map(Reply::Batch),
+        MSG_TYPE_BIN_HEARTBEAT => check_bin_heartbeat_reply(frame).map(|()| Reply::Heartbeat),
         other => Err(FrameError::UnexpectedType(other)),
     }
+}
+
+fn check_magic(frame: &[u8]) -> Result<(), FrameError> {
+    let magic = u16::from_be_bytes([frame[frame.len() - 2], frame[frame.len() - 1]]);
+    if magic == BIN_MAGIC {
+        Ok(())
+    } else {
+        Err(FrameError::BadMagic(magic))
+    }
+}
+
+/// `totalLen | 0x07 | uniq u32 | attrLen u16 | attrs | 0xEE01` (§4.4).
+fn decode_bin_reply(frame: &[u8]) -> Result<BatchReply<'_>, FrameError> {
+    const FIXED: usize = 4 + 1 + 4 + 2 + 2;
+    if frame.len() < FIXED {
+        return Err(FrameError::TooShort { frame_len: frame.len(), msg_type: frame[4] });
+    }
+    let attr_len = usize::from(u16::from_be_bytes([frame[9], frame[10]]));
+    if FIXED + attr_len != frame.len() {
+        return Err(FrameError::Inconsistent("attrLen does not end the frame"));
+    }
+    check_magic(frame)?;
+    let mut reply = BatchReply {
+        err_code: 0,
+        err_msg: None,
+        mid: None,
+        wid: None,
+        uniq: Some(read_u32(frame, 5)),
+        dp_ip: None,
+        body: &[],
+        attrs: &frame[11..11 + attr_len],
+    };
+    read_attrs(&mut reply);
+    Ok(reply)
+}
+
+/// `totalLen | 0x08 | time u32 | version u8 | bodyLen u32 | body | attrLen u16 | attrs |
+/// 0xEE01` (§4.5): only its shape is checked; the server's time and load are not used.
+fn check_bin_heartbeat_reply(frame: &[u8]) -> Result<(), FrameError> {
+    const FIXED: usize = 4 + 1 + 4 + 1 + 4 + 2 + 2;
+    if frame.len() < FIXED {
+        return Err(FrameError::TooShort { frame_len: frame.len(), msg_type: frame[4] });
+    }
+    let body_len = read_u32(frame, 10) as usize;
+    let attr_len_at = 14usize
+        .checked_add(body_len)
+        .filter(|at| at + 4 <= frame.len())
+        .ok_or(FrameError::Inconsistent("bodyLen runs past the frame"))?;
+    let attr_len = usize::from(u16::from_be_bytes([frame[attr_len_at], frame[attr_len_at + 1]]));
+    if attr_len_at + 2 + attr_len + 2 != frame.len() {
+        return Err(FrameError::Inconsistent("attrLen does not end the frame"));
+    }
+    check_magic(frame)
 }
 
 fn decode_batch_reply(frame: &[u8]) -> Result<BatchReply<'_>, FrameError> {
@@ -137,17 +202,24 @@ fn decode_batch_reply(frame: &[u8]) -> Result<BatchReply<'_>, FrameError> {
     if (attr_len_at + 4).checked_add(attr_len) != Some(frame.len()) {
         return Err(FrameError::Inconsistent("attrLen does not end the frame"));
     }
-    let attrs = &frame[attr_len_at + 4..];
     let mut reply = BatchReply {
         err_code: 0,
         err_msg: None,
         mid: None,
         wid: None,
+        uniq: None,
         dp_ip: None,
         body: &frame[9..attr_len_at],
-        attrs,
+        attrs: &frame[attr_len_at + 4..],
     };
-    for piece in attrs.split(|&b| b == b'&') {
+    read_attrs(&mut reply);
+    Ok(reply)
+}
+
+/// Fills the fields read from the attribute string: split on `&`, each piece on its first `=`,
+/// the last occurrence of a key wins.
+fn read_attrs(reply: &mut BatchReply<'_>) {
+    for piece in reply.attrs.split(|&b| b == b'&') {
         let Some(eq) = piece.iter().position(|&b| b == b'=') else { continue };
         let (key, value) = (&piece[..eq], &piece[eq + 1..]);
         match key {
@@ -159,7 +231,6 @@ fn decode_batch_reply(frame: &[u8]) -> Result<BatchReply<'_>, FrameError> {
             _ => {}
         }
     }
-    Ok(reply)
 }
 
 fn parse_code(value: &[u8]) -> i32 {
@@ -262,6 +333,94 @@ mod tests {
     }
 
     #[test]
+    fn golden_type_7_reply_7_8() {
+        let frame = unhex(
+            "0000005107000000010048647049703d31302e302e302e312672746d733d3137
+             30303030303030303132332667726f757049643d746573745f67726f75702673
+             747265616d49643d746573745f73747265616dee01",
+        );
+        let reply = batch(&frame);
+        assert!(reply.is_success());
+        assert_eq!((reply.uniq, reply.mid, reply.wid), (Some(1), None, None));
+        assert_eq!(reply.dp_ip, Some(&b"10.0.0.1"[..]));
+        assert!(reply.body.is_empty());
+    }
+
+    #[test]
+    fn type_7_reply_the_real_server_sent_the_java_sdk() {
+        let frame = unhex(
+            "00000069077241d4910060647049703d3132372e302e302e312673747265616d49643d73747265616d5f
+             302667726f757049643d746573745f67726f75702673646b56657273696f6e3d322e352e302d534e4150
+             53484f542672746d733d31373936313737353531333835ee01",
+        );
+        let reply = batch(&frame);
+        assert!(reply.is_success());
+        assert_eq!(reply.uniq, Some(1_916_916_881));
+        assert_eq!(reply.dp_ip, Some(&b"127.0.0.1"[..]));
+    }
+
+    /// Builds a type 7 reply frame around `attrs`.
+    fn bin_reply_frame(uniq: u32, attrs: &str) -> Vec<u8> {
+        let mut frame = Vec::new();
+        frame.extend_from_slice(&((1 + 4 + 2 + attrs.len() + 2) as u32).to_be_bytes());
+        frame.push(7);
+        frame.extend_from_slice(&uniq.to_be_bytes());
+        frame.extend_from_slice(&(attrs.len() as u16).to_be_bytes());
+        frame.extend_from_slice(attrs.as_bytes());
+        frame.extend_from_slice(&[0xee, 0x01]);
+        frame
+    }
+
+    #[test]
+    fn type_7_sink_error_reply() {
+        let frame = bin_reply_frame(u32::MAX, "errCode=118&errMsg=send to MQ failed");
+        let reply = batch(&frame);
+        assert_eq!((reply.err_code, reply.uniq), (118, Some(u32::MAX)));
+        assert_eq!(reply.err_msg_lossy().as_deref(), Some("send to MQ failed"));
+    }
+
+    #[test]
+    fn malformed_type_7_replies_are_errors() {
+        let mut frame = bin_reply_frame(1, "dpIp=x");
+        let last = frame.len() - 1;
+        frame[last] = 0x02;
+        assert_eq!(decode_reply(&frame), Err(FrameError::BadMagic(0xee02)));
+        let mut frame = bin_reply_frame(1, "dpIp=x");
+        frame[10] += 1; // attrLen one past the frame's end
+        assert!(matches!(decode_reply(&frame), Err(FrameError::Inconsistent(_))));
+        assert!(matches!(
+            decode_reply(&[0, 0, 0, 7, 7, 0, 0, 0, 1, 0, 0]),
+            Err(FrameError::TooShort { .. })
+        ));
+    }
+
+    #[test]
+    fn type_8_heartbeat_replies() {
+        // The golden reply of §7.8, and the one the real server sent the Java SDK (version 2).
+        assert_eq!(
+            decode_reply(&unhex("00000010086553f1000100000002ffff0000ee01")),
+            Ok(Reply::Heartbeat)
+        );
+        assert_eq!(
+            decode_reply(&unhex("00000010086b0f7f8f0200000002ffff0000ee01")),
+            Ok(Reply::Heartbeat)
+        );
+        // With echoed attributes.
+        assert_eq!(
+            decode_reply(&unhex("00000013086553f1000100000002ffff0003613d62ee01")),
+            Ok(Reply::Heartbeat)
+        );
+        let bad_magic = unhex("00000010086553f1000100000002ffff0000ee00");
+        assert_eq!(decode_reply(&bad_magic), Err(FrameError::BadMagic(0xee00)));
+        let body_past_end = unhex("00000010086553f1000100000009ffff0000ee01");
+        assert!(matches!(decode_reply(&body_past_end), Err(FrameError::Inconsistent(_))));
+        assert!(matches!(
+            decode_reply(&unhex("00000009086553f10001000000")),
+            Err(FrameError::TooShort { .. })
+        ));
+    }
+
+    #[test]
     fn reply_without_mid_is_reported_as_such() {
         // Code 105 is answered before the attributes are parsed: no mid, no wid.
         let frame = reply_frame("dpIp=0.0.0.0&errCode=105");
@@ -316,7 +475,8 @@ mod tests {
 
     #[test]
     fn malformed_frames_are_errors() {
-        assert!(matches!(decode_reply(&[0, 0, 0, 1, 7]), Err(FrameError::UnexpectedType(7))));
+        assert!(matches!(decode_reply(&[0, 0, 0, 1, 3]), Err(FrameError::UnexpectedType(3))));
+        assert!(matches!(decode_reply(&[0, 0, 0, 1, 7]), Err(FrameError::TooShort { .. })));
         assert!(decode_reply(&[0, 0, 0, 2, 5, 0]).is_err());
         let mut frame = reply_frame("mid=1");
         frame[8] = 200; // bodyLen past the end
@@ -336,6 +496,33 @@ mod tests {
                 let _ = decode_reply(&bytes[..len]);
             }
             let _ = decode_reply(&bytes);
+        }
+
+        #[test]
+        fn type_7_attrs_round_trip(uniq: u32, code in 0i32..200, msg in "[ -%'-~]{0,40}") {
+            let attrs = format!("dpIp=1.2.3.4&errCode={code}&errMsg={msg}&groupId=g&streamId=s");
+            let frame = bin_reply_frame(uniq, &attrs);
+            let reply = batch(&frame);
+            prop_assert_eq!(reply.err_code, code);
+            prop_assert_eq!(reply.uniq, Some(uniq));
+            prop_assert_eq!(reply.attrs, attrs.as_bytes());
+        }
+
+        #[test]
+        fn cut_or_flipped_binary_replies_never_panic(
+            uniq: u32,
+            attrs in "[ -~]{0,60}",
+            cut in 0usize..80,
+            flip in 0usize..80,
+        ) {
+            let mut frame = bin_reply_frame(uniq, &attrs);
+            let at = flip % frame.len();
+            frame[at] ^= 0x5a;
+            frame.truncate(frame.len().saturating_sub(cut % 8));
+            if let Ok(Some(len)) = split_frame(&frame, MAX_REPLY) {
+                let _ = decode_reply(&frame[..len]);
+            }
+            let _ = decode_reply(&frame);
         }
 
         #[test]

@@ -408,7 +408,14 @@ mod tests {
             max_messages: 10,
             max_payload_bytes: 1000,
             linger: Duration::from_millis(20),
-            frame: crate::protocol::FrameBudget::new(4096, "g", 20, &Default::default(), false),
+            frame: crate::protocol::FrameBudget::new(
+                4096,
+                Default::default(),
+                "g",
+                20,
+                &Default::default(),
+                false,
+            ),
         };
         ShardShared::new(BatchAccumulator::new(limits), 1)
     }

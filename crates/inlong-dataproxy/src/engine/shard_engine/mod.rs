@@ -29,18 +29,23 @@ use std::time::{Duration, Instant};
 use super::accumulator::SealedBatch;
 use crate::buffers::{resident_vec, BufferPool, CapacityPlan, FramePool};
 use crate::completion::{BatchCompletion, BatchOutcome, Callback};
-use crate::error::{codes, ConnectFailures, Error};
+use crate::error::{codes, is_retryable_server_code, ConnectFailures, Error};
 use crate::protocol::{
-    self, AddColumns, BatchBody, BatchHeader, FrameEncoder, FrameError, Reply, HEARTBEAT_REQUEST,
-    MAX_REPLY_FRAME_LEN,
+    self, AddColumns, BatchBody, BatchHeader, FrameEncoder, FrameError, FrameFormat, Reply,
+    HEARTBEAT_REQUEST, MAX_REPLY_FRAME_LEN,
 };
 use crate::record::StreamId;
 
 /// A connection, named by the shell.
 pub type ConnId = u64;
 
-/// Server codes that mean "not accepted, safe to send again" (`PROTOCOL.md` §3.9).
-const RETRYABLE_SERVER_CODES: [i32; 4] = [1, 2, 3, 114];
+/// The `uniq` of a batch's msgType 7 frames: the low 32 bits of its ID (IDs of one shard
+/// differ in those bits for 2^32 batches, and replies are matched per connection).
+#[allow(clippy::cast_possible_truncation)]
+fn uniq_of(id: u64) -> u32 {
+    id as u32
+}
+
 /// A connection's partial-reply buffer, sent-batch queue and heartbeat queue.
 type ConnParts = (Vec<u8>, VecDeque<(u64, u32)>, VecDeque<Instant>);
 /// `SERVICE_CLOSED`: the node is going offline; stop using the connection.
@@ -75,6 +80,11 @@ pub struct EngineConfig {
     pub plan: CapacityPlan,
     /// Compress bodies over 256 bytes.
     pub compression: bool,
+    /// msgType 5 or 7, and the ack level: the frames, their replies and the heartbeats.
+    pub format: FrameFormat,
+    /// Wall-clock time (ms since the Unix epoch) at the engine's creation: the time field of
+    /// type 8 heartbeats counts from it until the first batch brings a newer one.
+    pub start_unix_ms: u64,
     /// Add-columns of every batch.
     pub add_columns: AddColumns,
     /// Seed of the backoff jitter.
@@ -273,6 +283,9 @@ pub struct ShardEngine {
     next_batch: u64,
     rng: fastrand::Rng,
     mid_buf: String,
+    /// A wall-clock reading (ms since the Unix epoch) and the instant it was taken: what the
+    /// time field of a type 8 heartbeat is computed from, without reading a clock.
+    wall_clock: (Instant, u64),
     /// The cause of a batch that found no usable connection for a whole send timeout: built
     /// when the shell reports new connect failures ([`ShardEngine::set_connect_failures`]), and
     /// cloned (reference counts only) into each such batch.
@@ -295,6 +308,8 @@ impl ShardEngine {
     pub fn new(now: Instant, config: EngineConfig, frames: Arc<FramePool>) -> ShardEngine {
         let mut encoder = FrameEncoder::new();
         encoder.set_compression(config.compression);
+        encoder.set_format(config.format);
+        let wall_clock = (now, config.start_unix_ms);
         let rng = fastrand::Rng::with_seed(config.seed);
         let wid = config.wid;
         let plan = config.plan;
@@ -337,6 +352,7 @@ impl ShardEngine {
             next_batch: (u64::from(wid) << 48) + 1,
             rng,
             mid_buf: String::new(),
+            wall_clock,
             no_endpoints: Error::no_endpoints(ConnectFailures::default()),
         }
     }
@@ -461,6 +477,7 @@ impl ShardEngine {
     pub fn enqueue(&mut self, now: Instant, batch: SealedBatch, dt_ms: u64) {
         let id = self.next_batch;
         self.next_batch += 1;
+        self.wall_clock = (now, dt_ms);
         self.mid_buf.clear();
         self.mid_buf.push_str(&self.config.mid_prefix);
         {
@@ -473,6 +490,7 @@ impl ShardEngine {
             dt_ms,
             mid: &self.mid_buf,
             wid: self.config.wid,
+            uniq: uniq_of(id),
         };
         let records = batch.body.count();
         let payload_bytes = batch.body.payload_bytes() as u64;
@@ -692,30 +710,24 @@ impl ShardEngine {
         };
         let conn = &mut self.conns[index];
         let (conn_id, endpoint) = (conn.id, conn.endpoint);
-        // Match by mid; a reply without one answers the oldest batch on the connection.
-        let id = match reply.mid {
-            Some(mid) => {
-                let id = std::str::from_utf8(mid)
-                    .ok()
-                    .and_then(|mid| mid.strip_prefix(self.config.mid_prefix.as_str()))
-                    .and_then(|id| id.parse::<u64>().ok());
-                if let Some(id) = id {
-                    // Most likely among the live sends; a late reply is among the ended ones.
-                    let live_from = conn.live_from;
-                    let is = |&(sent, _): &(u64, u32)| sent == id;
-                    if let Some(pos) = conn.sent.range(live_from..).position(is) {
-                        conn.sent.remove(live_from + pos);
-                    } else if let Some(pos) = conn.sent.range(..live_from).position(is) {
-                        conn.sent.remove(pos);
-                        conn.live_from -= 1;
-                    }
-                }
-                id
+        // Match by uniq (msgType 7) or mid (msgType 5); a reply with neither answers the
+        // oldest batch on the connection.
+        let id = if let Some(uniq) = reply.uniq {
+            // The batch sent on this connection whose uniq it is (uniqs repeat only 2^32
+            // batches apart).
+            Self::take_sent(conn, |id| uniq_of(id) == uniq)
+        } else if let Some(mid) = reply.mid {
+            let id = std::str::from_utf8(mid)
+                .ok()
+                .and_then(|mid| mid.strip_prefix(self.config.mid_prefix.as_str()))
+                .and_then(|id| id.parse::<u64>().ok());
+            if let Some(id) = id {
+                Self::take_sent(conn, |sent| sent == id);
             }
-            None => {
-                conn.live_from = conn.live_from.saturating_sub(1);
-                conn.sent.pop_front().map(|(id, _)| id)
-            }
+            id
+        } else {
+            conn.live_from = conn.live_from.saturating_sub(1);
+            conn.sent.pop_front().map(|(id, _)| id)
         };
         let Some(id) = id else {
             tracing::debug!(conn = conn_id, "reply matches no batch");
@@ -744,7 +756,7 @@ impl ShardEngine {
                 };
                 self.resolve(id, Ok(outcome));
             }
-            code if self.config.retry_on_server_error && RETRYABLE_SERVER_CODES.contains(&code) => {
+            code if self.config.retry_on_server_error && is_retryable_server_code(code) => {
                 if code == SERVICE_CLOSED && !self.conns[index].draining {
                     self.conns[index].draining = true;
                     self.conns[index].drain_reason = CloseReason::ServerOffline;
@@ -760,6 +772,36 @@ impl ShardEngine {
             }
         }
         Ok(())
+    }
+
+    /// Removes the first send on `conn` whose batch ID passes `is`, and returns that ID: most
+    /// likely among the live sends; a late reply is among the ended ones.
+    fn take_sent(conn: &mut Conn, is: impl Fn(u64) -> bool) -> Option<u64> {
+        let live_from = conn.live_from;
+        if let Some(pos) = conn.sent.range(live_from..).position(|&(id, _)| is(id)) {
+            return conn.sent.remove(live_from + pos).map(|(id, _)| id);
+        }
+        let pos = conn.sent.range(..live_from).position(|&(id, _)| is(id))?;
+        conn.live_from -= 1;
+        conn.sent.remove(pos).map(|(id, _)| id)
+    }
+
+    /// Appends a heartbeat request of the producer's protocol to `out`: type 1 beside msgType
+    /// 5 (as the Go SDK), type 8 beside msgType 7 (as the Java and C++ SDKs).
+    fn push_heartbeat(
+        format: FrameFormat,
+        wall_clock: (Instant, u64),
+        now: Instant,
+        out: &mut Vec<u8>,
+    ) {
+        if format.is_binary() {
+            let (at, unix_ms) = wall_clock;
+            let elapsed = u64::try_from(now.saturating_duration_since(at).as_millis()).unwrap_or(0);
+            let secs = u32::try_from((unix_ms + elapsed) / 1000).unwrap_or(u32::MAX);
+            out.extend_from_slice(&protocol::bin_heartbeat(secs));
+        } else {
+            out.extend_from_slice(&HEARTBEAT_REQUEST);
+        }
     }
 
     /// Gives `conn` no new batches and closes it ([`EngineEvent::CloseConn`]) once every batch
@@ -1040,7 +1082,7 @@ impl ShardEngine {
                 }
                 Some(_) => {}
                 None if conn.last_write + self.config.heartbeat_interval <= now => {
-                    conn.out.extend_from_slice(&HEARTBEAT_REQUEST);
+                    Self::push_heartbeat(self.config.format, self.wall_clock, now, &mut conn.out);
                     conn.heartbeats.push_back(now + self.config.heartbeat_timeout);
                     conn.last_write = now;
                 }
@@ -1071,7 +1113,7 @@ impl ShardEngine {
     fn probe(&mut self, now: Instant, conn: ConnId) {
         if let Some(c) = self.conns.iter_mut().find(|c| c.id == conn) {
             if c.heartbeats.is_empty() {
-                c.out.extend_from_slice(&HEARTBEAT_REQUEST);
+                Self::push_heartbeat(self.config.format, self.wall_clock, now, &mut c.out);
                 c.heartbeats.push_back(now + self.config.heartbeat_timeout);
             }
         }

@@ -27,6 +27,8 @@ fn config() -> EngineConfig {
         heartbeat_timeout: Duration::from_secs(10),
         plan: CapacityPlan { read_buffer_len: 4096, ..CapacityPlan::for_batches(16) },
         compression: true,
+        format: FrameFormat::default(),
+        start_unix_ms: 1_700_000_000_000,
         add_columns: AddColumns::default(),
         seed: 7,
     }
@@ -1106,4 +1108,128 @@ fn close_reasons_map_to_the_go_sdks_metric_codes() {
         assert_eq!(reason.codes(), codes, "{reason:?}");
         assert!(reason.to_string().starts_with(text), "{reason}");
     }
+}
+
+// msgType 7: the same engine, another frame format.
+
+fn bin_config(ack: crate::Ack) -> EngineConfig {
+    EngineConfig { format: FrameFormat::new(crate::MsgType::BinMultiBody, ack), ..config() }
+}
+
+/// DataProxy's reply to the msgType 7 `frame` (§4.4): its `uniq`, `dpIp`, the code, and the
+/// request's attributes with `rtms` prepended.
+fn bin_reply(frame: &[u8], code: Option<i32>) -> Vec<u8> {
+    assert_eq!(frame[4] & 0x1f, 7, "a msgType 7 frame");
+    let body_len = u32::from_be_bytes(frame[21..25].try_into().unwrap()) as usize;
+    let attr_len = u16::from_be_bytes([frame[25 + body_len], frame[26 + body_len]]) as usize;
+    let attrs = std::str::from_utf8(&frame[27 + body_len..27 + body_len + attr_len]).unwrap();
+    let mut text = String::from("dpIp=10.0.0.1");
+    if let Some(code) = code {
+        text.push_str(&format!("&errCode={code}"));
+    }
+    text.push_str("&rtms=1&");
+    text.push_str(attrs);
+    let mut out = Vec::new();
+    out.extend_from_slice(&u32::try_from(1 + 4 + 2 + text.len() + 2).unwrap().to_be_bytes());
+    out.push(7);
+    out.extend_from_slice(&frame[17..21]);
+    out.extend_from_slice(&u16::try_from(text.len()).unwrap().to_be_bytes());
+    out.extend_from_slice(text.as_bytes());
+    out.extend_from_slice(&[0xee, 0x01]);
+    out
+}
+
+#[test]
+fn type_7_sink_replies_in_any_order_match_their_batches_by_uniq() {
+    let mut h = Harness::new(bin_config(crate::Ack::Sink));
+    h.engine.add_conn(h.now, 1, ep(1));
+    let batches: Vec<_> = (1..=3).map(|records| h.batch(records)).collect();
+    let writes = h.transmit();
+    let frames = &writes[0].1;
+    assert_eq!(frames.len(), 3);
+    for frame in frames {
+        let attrs = String::from_utf8_lossy(&frame[frame.len() - 50..]).into_owned();
+        assert!(attrs.contains("&proxySend=true"), "{attrs}");
+    }
+    // The sink answers as the MQ acks: last batch first.
+    for index in [2, 0, 1] {
+        h.now += Duration::from_millis(1);
+        h.engine.on_bytes(h.now, 1, &bin_reply(&frames[index], None));
+        let report = outcome(&batches[index]).expect("resolved by its own reply").unwrap();
+        assert_eq!(report.batch_id, index as u64 + 1);
+    }
+    assert_eq!(h.budget.pending_records(), 0);
+    assert_eq!(h.engine.inflight(), 0);
+}
+
+#[test]
+fn type_7_sink_errors_116_to_119_are_retried() {
+    for code in 116..=119 {
+        let mut h = Harness::new(bin_config(crate::Ack::Sink));
+        h.engine.add_conn(h.now, 1, ep(1));
+        let done = h.batch(1);
+        let first = h.transmit();
+        h.engine.on_bytes(h.now, 1, &bin_reply(&first[0].1[0], Some(code)));
+        assert!(outcome(&done).is_none(), "{code} is retried");
+        h.advance(Duration::from_millis(150));
+        let again = h.transmit();
+        assert_eq!(again[0].1[0], first[0].1[0], "{code}: the same frame, the same uniq");
+        h.engine.on_bytes(h.now, 1, &bin_reply(&again[0].1[0], None));
+        assert_eq!(outcome(&done).unwrap().unwrap().retries, 1, "{code}");
+    }
+    // Without retry_on_server_error they fail with the code.
+    let mut h =
+        Harness::new(EngineConfig { retry_on_server_error: false, ..bin_config(crate::Ack::Sink) });
+    h.engine.add_conn(h.now, 1, ep(1));
+    let done = h.batch(1);
+    let writes = h.transmit();
+    h.engine.on_bytes(h.now, 1, &bin_reply(&writes[0].1[0], Some(118)));
+    let error = outcome(&done).unwrap().unwrap_err();
+    assert_eq!(error.server_code(), Some(118));
+    assert!(error.is_retriable(), "the application may send it again");
+}
+
+#[test]
+fn a_missing_sink_reply_is_an_ack_timeout_and_a_stray_uniq_matches_nothing() {
+    let mut h = Harness::new(EngineConfig { max_retries: 0, ..bin_config(crate::Ack::Sink) });
+    h.engine.add_conn(h.now, 1, ep(1));
+    let done = h.batch(1);
+    let writes = h.transmit();
+    let mut stray = bin_reply(&writes[0].1[0], None);
+    stray[8] ^= 0xff; // another uniq
+    h.engine.on_bytes(h.now, 1, &stray);
+    assert!(outcome(&done).is_none());
+    assert_eq!(h.engine.poll_event(), None, "a reply to no batch does not close the connection");
+    h.run_until(h.now + SEND_TIMEOUT);
+    h.engine.deliver(h.now);
+    match outcome(&done).unwrap().unwrap_err() {
+        Error::SendTimeout { last_error: Some(cause), .. } => {
+            assert!(matches!(*cause, Error::AckTimeout { .. }), "{cause:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn type_7_connections_heartbeat_with_type_8() {
+    let mut h = Harness::new(bin_config(crate::Ack::Proxy));
+    h.engine.add_conn(h.now, 1, ep(1));
+    h.advance(Duration::from_secs(60));
+    let writes = h.transmit();
+    // 60 s after the engine's start, in seconds since the epoch.
+    assert_eq!(writes[0].1, vec![protocol::bin_heartbeat(1_700_000_060).to_vec()]);
+    // The real server's reply to a version 1 heartbeat.
+    let answer = [0, 0, 0, 16, 8, 0x65, 0x53, 0xf1, 0x3c, 1, 0, 0, 0, 2, 0xff, 0xff, 0, 0, 0xee, 1];
+    h.engine.on_bytes(h.now, 1, &answer);
+    h.advance(Duration::from_secs(10));
+    assert_eq!(h.engine.poll_event(), None);
+    // A type 8 reply without its magic is a bad reply (the next heartbeat goes at 120 s).
+    h.run_until(h.now + Duration::from_secs(50));
+    h.transmit();
+    let mut bad = answer;
+    bad[19] = 0;
+    h.engine.on_bytes(h.now, 1, &bad);
+    let event = h.engine.poll_event();
+    let bad_magic = CloseReason::BadReply(FrameError::BadMagic(0xee00));
+    assert_eq!(event, Some(EngineEvent::CloseConn { conn: 1, reason: bad_magic }));
 }
