@@ -1,7 +1,8 @@
-//! `inlong-dataproxy serve` as a user runs it: the Manager URL on the first line of stdout, the
-//! nodes it lists really answer, SIGINT/SIGTERM print one JSON line of totals and exit 0, and with
-//! `--control` the fault commands on stdin act on the nodes, each answered by one line, and the
-//! end of stdin shuts the server down like SIGTERM.
+//! `inlong-dataproxy serve` as a user runs it: the Manager URL on the first line of stdout (and its
+//! base address for the Java SDK on stderr), the nodes it lists really answer, SIGINT/SIGTERM
+//! print one JSON line of totals and exit 0, and with `--control` the fault commands on stdin act
+//! on the nodes, each answered by one line, and the end of stdin shuts the server down like
+//! SIGTERM.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -27,10 +28,14 @@ impl Drop for Server {
 
 /// Reads stdout lines on a thread so every wait has a deadline.
 fn lines(child: &mut Child) -> mpsc::Receiver<String> {
-    let stdout = child.stdout.take().unwrap();
+    read_lines(child.stdout.take().unwrap())
+}
+
+/// Reads the lines of `output` on a thread.
+fn read_lines(output: impl Read + Send + 'static) -> mpsc::Receiver<String> {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
+        for line in BufReader::new(output).lines() {
             let Ok(line) = line else { break };
             if tx.send(line).is_err() {
                 break;
@@ -173,6 +178,41 @@ fn serve_refuses_bad_flags_and_busy_ports_with_one_line() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.starts_with("error: cannot start the local DataProxy + Manager"), "{stderr}");
+}
+
+#[test]
+fn serve_prints_the_manager_base_address_on_stderr_for_the_java_sdk() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_inlong-dataproxy"))
+        .arg("serve")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn serve");
+    let err_rx = read_lines(child.stderr.take().unwrap());
+    let rx = lines(&mut child);
+    let mut server = Server(child);
+    let url = rx.recv_timeout(TIMEOUT).expect("first line");
+    assert!(url.ends_with("/inlong/manager/openapi/dataproxy/getIpList"), "{url}");
+    let serving = err_rx.recv_timeout(TIMEOUT).expect("node line");
+    assert!(serving.starts_with("serving 1 DataProxy node(s) at 127.0.0.1:"), "{serving}");
+    let line = err_rx.recv_timeout(TIMEOUT).expect("base address line");
+    let base = line.strip_prefix("manager base address (Java SDK): ").expect(&line);
+    assert_eq!(format!("{base}/inlong/manager/openapi/dataproxy/getIpList"), url);
+
+    // What the Java SDK sends: its own path after the base address, a form body.
+    let response = http()
+        .post(format!("{base}/inlong/manager/openapi/dataproxy/getIpList/test_group"))
+        .header("content-type", "application/x-www-form-urlencoded; charset=UTF-8")
+        .body("ip=127.0.0.1&protocolType=TCP")
+        .send()
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let json: serde_json::Value = serde_json::from_str(&response.text().unwrap()).unwrap();
+    assert_eq!(json["data"]["nodeList"].as_array().map(Vec::len), Some(1), "{json}");
+    signal(&server, "TERM");
+    let summary = rx.recv_timeout(TIMEOUT).expect("summary line");
+    assert!(summary.starts_with(r#"{"batches":0,"#), "{summary}");
+    assert!(server.0.wait().unwrap().success());
 }
 
 fn free_port() -> u16 {

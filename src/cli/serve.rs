@@ -115,6 +115,7 @@ pub fn run(args: &ServeArgs) -> Result<ExitCode, String> {
     }
     let nodes: Vec<String> = cluster.node_addrs().iter().map(ToString::to_string).collect();
     eprintln!("serving {} DataProxy node(s) at {}", nodes.len(), nodes.join(","));
+    eprintln!("manager base address (Java SDK): {}", cluster.manager_base_url());
 
     // Set under the stdout lock together with the totals line, so no command is applied or
     // answered after it.

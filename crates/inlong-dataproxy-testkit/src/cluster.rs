@@ -150,6 +150,12 @@ impl LocalCluster {
         self.manager.url()
     }
 
+    /// The Manager's address without a path (`http://127.0.0.1:PORT`), for SDKs that append the
+    /// `getIpList` path themselves, as the Java SDK does.
+    pub fn manager_base_url(&self) -> String {
+        self.manager.base_url()
+    }
+
     /// The Manager.
     pub fn manager(&self) -> &ManagerServer {
         &self.manager

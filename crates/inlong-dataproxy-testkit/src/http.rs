@@ -6,7 +6,8 @@
 //! the Manager's servlet container checks and hyper does not: exactly one `Host` on HTTP/1.1, no
 //! `Transfer-Encoding` request bodies (411, like before), a body size limit (413) and a body
 //! deadline (408), each answered with `Connection: close` ([`read_body`]). It also holds the
-//! servlet's strict percent-decoding and form parsing, which the Manager's routing uses.
+//! servlet's strict percent-decoding (the decoding itself is the `percent-encoding` crate's) and
+//! form parsing, which the Manager's routing and parameters use.
 //!
 //! It knows nothing about routes, JSON or authentication, and it must never panic on network
 //! input, buffer more than [`MAX_HEAD_BYTES`] of head or [`MAX_BODY_BYTES`] of body, or leave a
@@ -178,41 +179,45 @@ pub(crate) fn header_text(headers: &HeaderMap, name: &str) -> Option<String> {
     headers.get(name).map(|value| value.as_bytes().iter().map(|&b| char::from(b)).collect())
 }
 
-/// Decodes `%XX` escapes (and `+` as a space when `plus_is_space`, for form data).
-/// Returns `None` on a truncated or non-hex escape.
-pub(crate) fn percent_decode(input: &str, plus_is_space: bool) -> Option<Vec<u8>> {
-    let bytes = input.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' => {
-                let hex = bytes.get(i + 1..i + 3)?;
-                let high = char::from(hex[0]).to_digit(16)?;
-                let low = char::from(hex[1]).to_digit(16)?;
-                out.push(u8::try_from(high * 16 + low).ok()?);
-                i += 3;
-            }
-            b'+' if plus_is_space => {
-                out.push(b' ');
-                i += 1;
-            }
-            b => {
-                out.push(b);
-                i += 1;
-            }
-        }
+/// Decodes `%XX` escapes (and `+` as a space when `plus_is_space`, for form data) with the
+/// `percent-encoding` crate. Returns `None` on a truncated or non-hex escape, which the crate would
+/// keep as it is but the servlet container refuses.
+pub(crate) fn percent_decode(input: &[u8], plus_is_space: bool) -> Option<Vec<u8>> {
+    if !escapes_are_well_formed(input) {
+        return None;
     }
-    Some(out)
+    let decoded = if plus_is_space && input.contains(&b'+') {
+        let spaced: Vec<u8> =
+            input.iter().map(|&byte| if byte == b'+' { b' ' } else { byte }).collect();
+        percent_encoding::percent_decode(&spaced).collect()
+    } else {
+        percent_encoding::percent_decode(input).collect()
+    };
+    Some(decoded)
+}
+
+/// Whether every `%` starts an escape of two hex digits.
+fn escapes_are_well_formed(input: &[u8]) -> bool {
+    input.iter().enumerate().filter(|&(_, &byte)| byte == b'%').all(|(at, _)| {
+        input.get(at + 1..at + 3).is_some_and(|hex| hex.iter().all(u8::is_ascii_hexdigit))
+    })
 }
 
 /// The `name=value` pairs of a query string or `application/x-www-form-urlencoded` body, decoded.
 ///
-/// Like a servlet container, a pair whose escapes are broken or not UTF-8 is skipped rather than
-/// failing the request; a name without `=` has an empty value.
-pub(crate) fn form_pairs(input: &str) -> impl Iterator<Item = (String, String)> + '_ {
-    input.split('&').filter(|pair| !pair.is_empty()).filter_map(|pair| {
-        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+/// Like Tomcat's parameter parser, a pair whose escapes are broken or whose bytes (raw or escaped)
+/// are not UTF-8 is skipped rather than failing the request, and so is a pair without a name; the
+/// other pairs still count. A name without `=` has an empty value. Any bytes are accepted: a body that is not form data at
+/// all yields a name or two that nobody asks for.
+pub(crate) fn form_pairs(input: &[u8]) -> impl Iterator<Item = (String, String)> + '_ {
+    input.split(|&byte| byte == b'&').filter(|pair| !pair.is_empty()).filter_map(|pair| {
+        let (name, value) = match pair.iter().position(|&byte| byte == b'=') {
+            Some(at) => (&pair[..at], &pair[at + 1..]),
+            None => (pair, &[][..]),
+        };
+        if name.is_empty() {
+            return None;
+        }
         let name = String::from_utf8(percent_decode(name, true)?).ok()?;
         let value = String::from_utf8(percent_decode(value, true)?).ok()?;
         Some((name, value))
@@ -225,15 +230,17 @@ mod tests {
 
     #[test]
     fn percent_decoding_and_form_pairs() {
-        assert_eq!(percent_decode("a%20b+c", false).as_deref(), Some(&b"a b+c"[..]));
-        assert_eq!(percent_decode("a%20b+c", true).as_deref(), Some(&b"a b c"[..]));
-        assert_eq!(percent_decode("%e9%E9", false).as_deref(), Some(&[0xe9, 0xe9][..]));
-        assert_eq!(percent_decode("%", false), None);
-        assert_eq!(percent_decode("%4", false), None);
-        assert_eq!(percent_decode("%zz", false), None);
-        assert_eq!(percent_decode("%\u{e9}", false), None);
-        let pairs: Vec<_> = form_pairs("a=1&&b&c=x%3Dy+z&bad=%zz&d=%C3%A9&e=%FF").collect();
-        let expected = [("a", "1"), ("b", ""), ("c", "x=y z"), ("d", "\u{e9}")];
+        let decode = |input: &str, plus| percent_decode(input.as_bytes(), plus);
+        assert_eq!(decode("a%20b+c", false).as_deref(), Some(&b"a b+c"[..]));
+        assert_eq!(decode("a%20b+c", true).as_deref(), Some(&b"a b c"[..]));
+        assert_eq!(decode("%2B+", true).as_deref(), Some(&b"+ "[..]));
+        assert_eq!(decode("%e9%E9", false).as_deref(), Some(&[0xe9, 0xe9][..]));
+        for broken in ["%", "%4", "%zz", "%\u{e9}", "%%41", "%41%"] {
+            assert_eq!(decode(broken, false), None, "{broken}");
+        }
+        let body = b"a=1&&b&c=x%3Dy+z&bad=%zz&d=%C3%A9&e=%FF&f=\xff&=g&h=i=j";
+        let pairs: Vec<_> = form_pairs(body).collect();
+        let expected = [("a", "1"), ("b", ""), ("c", "x=y z"), ("d", "\u{e9}"), ("h", "i=j")];
         let expected: Vec<_> =
             expected.iter().map(|(n, v)| ((*n).to_owned(), (*v).to_owned())).collect();
         assert_eq!(pairs, expected);

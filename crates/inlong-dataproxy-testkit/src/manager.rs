@@ -1,7 +1,12 @@
 //! A local InLong Manager that answers the DataProxy discovery call `getIpList` (`PROTOCOL.md` §5).
 //!
 //! [`ManagerServer`] owns one listening socket and the node list it hands out. It answers
-//! `POST /inlong/manager/openapi/dataproxy/getIpList/{groupId}` the way the real Manager does: the
+//! `POST /inlong/manager/openapi/dataproxy/getIpList/{groupId}` the way the real Manager does, as
+//! each InLong SDK asks it (§5.5): the Go SDK's empty body with `?protocolType=tcp` on
+//! [`url`](ManagerServer::url), the Java SDK's form body `ip=…&protocolType=TCP` on the path it
+//! appends to the [`base_url`](ManagerServer::base_url), and the C++ SDK's form body with a
+//! `version=` as well. `protocolType` is read from the query string or a form body as Spring binds
+//! a request parameter (see `protocol_type` below); `ip` and `version` are ignored. It keeps the
 //! Basic-auth and tenant checks of §5.2 (HTTP 403 with an HTML error page), 405 for other methods,
 //! 404 for other paths, `success:false` with HTTP 200 for an unknown group, and the §5.3 JSON with
 //! every key present (`nodeList` and `clusterId` are `null`, not empty, when there are no nodes).
@@ -35,7 +40,8 @@ use tokio::sync::watch;
 
 use super::http::{self, Reply};
 
-/// Path of the discovery endpoint, without the group id (the Go SDK's `URL` option).
+/// Path of the discovery endpoint, without the group id: what the Java SDK appends to its
+/// Manager address (then `/{groupId}`), and the end of the Go SDK's `URL` option.
 pub const GET_IP_LIST_PATH: &str = "/inlong/manager/openapi/dataproxy/getIpList";
 /// The protocol stored for every node, as the Manager's `ProtocolType.TCP`.
 pub const NODE_PROTOCOL: &str = "TCP";
@@ -211,6 +217,14 @@ impl ManagerServer {
         discovery_url(self.local_addr())
     }
 
+    /// The Manager's address without any path, for example `http://127.0.0.1:8083`: what the Java
+    /// SDK is configured with (it appends [`GET_IP_LIST_PATH`] and `/{groupId}` itself). A server
+    /// bound to the unspecified address is reached through loopback.
+    #[must_use]
+    pub fn base_url(&self) -> String {
+        base_url(self.local_addr())
+    }
+
     /// Replaces the node list returned for every known group. Duplicates are dropped; an address
     /// seen before keeps its node id.
     pub fn set_nodes(&self, nodes: &[SocketAddr]) {
@@ -368,13 +382,17 @@ impl NodeTable {
     }
 }
 
-fn discovery_url(mut addr: SocketAddr) -> String {
+fn discovery_url(addr: SocketAddr) -> String {
+    format!("{}{GET_IP_LIST_PATH}", base_url(addr))
+}
+
+fn base_url(mut addr: SocketAddr) -> String {
     match addr.ip() {
         IpAddr::V4(ip) if ip.is_unspecified() => addr.set_ip(Ipv4Addr::LOCALHOST.into()),
         IpAddr::V6(ip) if ip.is_unspecified() => addr.set_ip(Ipv6Addr::LOCALHOST.into()),
         _ => {}
     }
-    format!("http://{addr}{GET_IP_LIST_PATH}")
+    format!("http://{addr}")
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -634,18 +652,27 @@ fn error_page(status: StatusCode) -> Reply {
 
 /// Splits and decodes the path like the servlet container: `;params` are dropped from every
 /// segment, escapes are decoded, and an escaped `/` or NUL or a broken escape fails (HTTP 400).
+/// Then, as Tomcat normalizes `//` to `/`, empty segments are dropped, except a last one (the
+/// trailing slash): a base address given with a trailing slash still reaches the endpoint.
 fn decode_path(path: &str) -> Option<Vec<String>> {
     let rest = path.strip_prefix('/')?;
-    rest.split('/')
+    let mut segments = rest
+        .split('/')
         .map(|segment| {
             let segment = segment.split(';').next().unwrap_or_default();
-            let bytes = http::percent_decode(segment, false)?;
+            let bytes = http::percent_decode(segment.as_bytes(), false)?;
             if bytes.contains(&b'/') || bytes.contains(&0) {
                 return None;
             }
             String::from_utf8(bytes).ok()
         })
-        .collect()
+        .collect::<Option<Vec<String>>>()?;
+    let trailing_slash = segments.last().is_some_and(String::is_empty);
+    segments.retain(|segment| !segment.is_empty());
+    if trailing_slash {
+        segments.push(String::new());
+    }
+    Some(segments)
 }
 
 /// The group id of `/inlong/manager/openapi/dataproxy/getIpList/{groupId}` (one trailing slash
@@ -669,10 +696,20 @@ fn lookup_group(segments: &[String]) -> Option<&str> {
     }
 }
 
-/// The `protocolType` parameter from the query string and a form body, as Spring binds it: values
-/// joined with commas when repeated, and absent when empty (the mapper skips an empty filter).
+/// The `protocolType` request parameter, as Tomcat collects it and Spring binds it to the
+/// controller's `String`:
+///
+/// - It comes from the query string and, for a POST whose `Content-Type` is
+///   `application/x-www-form-urlencoded` (in any case, with any parameters), from the body too.
+///   The body of any other content type is never read, whatever it holds.
+/// - Query values come first, then the body's; several values are joined with commas (Spring's
+///   array-to-string conversion). So `?protocolType=TCP` plus a body `protocolType=TCP` asks for
+///   `TCP,TCP`, which no node has: `success:true` with a null `nodeList`, as from the real Manager.
+/// - A pair with a broken escape or bytes that are not UTF-8 is skipped, as Tomcat skips it, and
+///   the other pairs still count: a body that is not valid form data never fails the request.
+/// - Empty means no filter (the mapper skips an empty `protocolType`).
 fn protocol_type(head: &Parts, body: &[u8]) -> Option<String> {
-    let mut values: Vec<String> = http::form_pairs(head.uri.query().unwrap_or_default())
+    let mut values: Vec<String> = http::form_pairs(head.uri.query().unwrap_or_default().as_bytes())
         .filter(|(name, _)| name == "protocolType")
         .map(|(_, value)| value)
         .collect();
@@ -681,9 +718,8 @@ fn protocol_type(head: &Parts, body: &[u8]) -> Option<String> {
         media_type.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded")
     });
     if is_form && head.method == Method::POST {
-        let body = String::from_utf8_lossy(body);
         values.extend(
-            http::form_pairs(&body)
+            http::form_pairs(body)
                 .filter(|(name, _)| name == "protocolType")
                 .map(|(_, value)| value),
         );
@@ -1556,6 +1592,8 @@ mod tests {
     fn url_of_an_unspecified_address_uses_loopback() {
         let v4 = SocketAddr::from((Ipv4Addr::UNSPECIFIED, 8083));
         assert_eq!(discovery_url(v4), format!("http://127.0.0.1:8083{LOOKUP}"));
+        assert_eq!(base_url(v4), "http://127.0.0.1:8083");
+        assert_eq!(base_url(SocketAddr::from((Ipv6Addr::UNSPECIFIED, 1))), "http://[::1]:1");
         let v6 = SocketAddr::from((Ipv6Addr::UNSPECIFIED, 8083));
         assert_eq!(discovery_url(v6), format!("http://[::1]:8083{LOOKUP}"));
         let other = SocketAddr::from((Ipv4Addr::new(10, 0, 0, 1), 1));
