@@ -349,3 +349,35 @@ fn serve_control_still_stops_on_sigterm_with_the_totals_last() {
     assert_eq!(rx.recv_timeout(TIMEOUT), Err(mpsc::RecvTimeoutError::Disconnected));
     assert!(server.0.wait().unwrap().success());
 }
+
+#[test]
+fn serve_sink_flags_delay_and_fail_sink_acknowledged_type_7_frames() {
+    let (mut server, rx) = serve(&["--sink-latency-ms", "200", "--sink-error", "118:1"]);
+    let url = rx.recv_timeout(TIMEOUT).expect("first line");
+    let addr = node_addrs(&url).remove(0);
+    let mut stream = TcpStream::connect(&addr).unwrap();
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    // A type 7 frame (string IDs, uniq 7) asking for the MQ's acknowledgement.
+    let attrs = b"groupId=test_group&streamId=s&proxySend=true";
+    let mut frame = vec![0, 0, 0, 0, 7, 0, 0, 0, 0, 0, 4, 0, 0, 0, 1, 0, 1, 0, 0, 0, 7];
+    frame.extend_from_slice(&[0, 0, 0, 5, 0, 0, 0, 1, b'x']);
+    frame.extend_from_slice(&(attrs.len() as u16).to_be_bytes());
+    frame.extend_from_slice(attrs);
+    frame.extend_from_slice(&[0xee, 0x01]);
+    let total_len = (frame.len() - 4) as u32;
+    frame[..4].copy_from_slice(&total_len.to_be_bytes());
+    let started = Instant::now();
+    stream.write_all(&frame).unwrap();
+    let mut reply = vec![0u8; 11];
+    stream.read_exact(&mut reply).unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(200), "answered after the sink latency");
+    assert_eq!(reply[4..9], [7, 0, 0, 0, 7], "a type 7 reply with the uniq");
+    let mut attrs = vec![0u8; usize::from(u16::from_be_bytes([reply[9], reply[10]])) + 2];
+    stream.read_exact(&mut attrs).unwrap();
+    let attrs = String::from_utf8_lossy(&attrs);
+    assert!(attrs.contains("&errCode=118&"), "{attrs}");
+    signal(&server, "TERM");
+    let summary = rx.recv_timeout(TIMEOUT).expect("summary line");
+    assert!(summary.contains(r#""records":0,"#) && summary.contains(r#""errors":1,"#), "{summary}");
+    assert!(server.0.wait().unwrap().success());
+}

@@ -68,6 +68,28 @@ pub struct ServeArgs {
     /// shuts the server down.
     #[arg(long)]
     control: bool,
+    /// How long the simulated MQ takes to store a type 7 frame sent with syncSend or proxySend,
+    /// whose reply waits for it.
+    #[arg(long, default_value_t = 0, value_name = "MILLIS")]
+    sink_latency_ms: u64,
+    /// Fail this share (0..1) of those frames in the simulated MQ with a sink code, 116..119.
+    #[arg(long, value_name = "CODE:RATE", value_parser = parse_sink_error)]
+    sink_error: Option<ErrorInjection>,
+}
+
+/// `--sink-error CODE:RATE`: a sink code (116–119) and the share of sink-acknowledged frames to
+/// fail with it.
+fn parse_sink_error(text: &str) -> Result<ErrorInjection, String> {
+    let (code, rate) = text.split_once(':').ok_or("expected CODE:RATE, e.g. 118:0.1")?;
+    let code: i32 = code.parse().map_err(|_| format!("bad CODE {code:?}"))?;
+    if !(116..=119).contains(&code) {
+        return Err(format!("CODE {code} is not a sink code (116..119)"));
+    }
+    let fraction: f64 = rate.parse().map_err(|_| format!("bad RATE {rate:?}"))?;
+    if !(0.0..=1.0).contains(&fraction) {
+        return Err(format!("RATE {rate} is not within 0..1"));
+    }
+    Ok(ErrorInjection::Fraction { code, fraction })
 }
 
 /// Starts the cluster, prints the Manager URL, serves until a signal (or the end of stdin with
@@ -76,6 +98,7 @@ pub fn run(args: &ServeArgs) -> Result<ExitCode, String> {
     let node_config = NodeConfig {
         max_msg_length: usize::try_from(args.max_msg_length).unwrap_or(usize::MAX),
         ingest_mode: if args.count_only { IngestMode::CountOnly } else { IngestMode::Full },
+        sink_latency: Duration::from_millis(args.sink_latency_ms),
         ..NodeConfig::default()
     };
     let auth = match (&args.secret_id, &args.secret_key) {
@@ -100,6 +123,11 @@ pub fn run(args: &ServeArgs) -> Result<ExitCode, String> {
         .manager_config(manager_config)
         .start()
         .map_err(|e| format!("cannot start the local DataProxy + Manager: {e}"))?;
+    if let Some(sink_errors) = &args.sink_error {
+        for node in cluster.nodes() {
+            node.update_faults(|f| f.sink_errors = Some(sink_errors.clone()));
+        }
+    }
 
     if let Some(addr) = &args.metrics_addr {
         let addr = super::resolve_addr(addr, "--metrics-addr")?;
@@ -445,6 +473,17 @@ mod tests {
             summary_json(&stats),
             r#"{"batches":2,"records":7,"payload_bytes":70,"errors":1,"duplicates":0}"#
         );
+    }
+
+    #[test]
+    fn sink_error_flag_takes_a_sink_code_and_a_rate() {
+        assert_eq!(
+            parse_sink_error("118:0.25"),
+            Ok(ErrorInjection::Fraction { code: 118, fraction: 0.25 })
+        );
+        for bad in ["118", "115:0.5", "119:1.5", "x:0.1", "116:x"] {
+            assert!(parse_sink_error(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -1,15 +1,25 @@
 //! One local DataProxy node: a TCP listener that behaves like the real DataProxy TCP source.
 //!
 //! A [`DataProxyNode`] accepts connections on loopback, splits frames with the real size limit
-//! (oversize or unknown type: close without a reply), answers heartbeats, decodes and validates
-//! batches through [`super::codec`] and replies in the real format. On top of that it can be told to
-//! misbehave at run time ([`DataProxyNode::set_faults`], [`DataProxyNode::stop`]) and it counts what
-//! it saw ([`NodeStats`], per-stream counts, duplicate `mid`s and an optional record ledger), so a
-//! test can prove that every record the SDK reported as acked really arrived.
+//! (oversize or unknown type: close without a reply), answers heartbeats (types 1 and 8), decodes
+//! and validates the data frames of every InLong SDK (txt types 2–6, binary type 7) through
+//! [`super::codec`], applies the handler's checks (reject mode, MQ readiness, group, topic, the
+//! channel) and replies in the real format. On top of that it can be told to misbehave at run time
+//! ([`DataProxyNode::set_faults`], [`DataProxyNode::stop`]) and it counts what it saw
+//! ([`NodeStats`], per-stream counts, duplicate `mid`s and an optional record ledger), so a test
+//! can prove that every record the SDK reported as acked really arrived.
+//!
+//! A type 7 frame with `syncSend=true` or `proxySend=true` asks for the MQ's acknowledgement: the
+//! node hands it to a simulated MQ sink, which stores it after [`NodeConfig::sink_latency`] (or
+//! [`Faults::sink_latency`]) or fails it with an injected 116–119 ([`Faults::sink_errors`]), and
+//! only then answers it and counts its records. Sink answers come from their own task, so they
+//! do not hold back the replies to later frames: as with the real sink, they can overtake or be
+//! overtaken, and the client matches them by `uniq`.
 //!
 //! Each connection is one reader task and one writer task on the node's tokio runtime; the node's
 //! shared state is locked once per batch, never per record.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
@@ -24,7 +34,7 @@ use tokio::runtime::Handle;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use super::codec::{self, err_codes, IngestMode, Request};
+use super::codec::{self, err_codes, IngestMode, ReplyTo, Request};
 use inlong_dataproxy::protocol::{self, DEFAULT_MAX_PACKET_LEN, HEARTBEAT_REPLY};
 
 /// How a node is set up. Everything here is fixed for the node's life; faults change at run time.
@@ -46,6 +56,9 @@ pub struct NodeConfig {
     /// A connection whose unsent replies exceed this many bytes is closed, as the real server
     /// closes a connection whose channel is unwritable (§3.6).
     pub max_pending_reply_bytes: usize,
+    /// How long the simulated MQ takes to store a type 7 frame that asked for the sink's
+    /// acknowledgement (`syncSend`/`proxySend`); [`Faults::sink_latency`] overrides it.
+    pub sink_latency: Duration,
 }
 
 impl Default for NodeConfig {
@@ -58,6 +71,7 @@ impl Default for NodeConfig {
             dedup_window: 1 << 20,
             read_idle_timeout: Duration::from_secs(180),
             max_pending_reply_bytes: 64 << 20,
+            sink_latency: Duration::ZERO,
         }
     }
 }
@@ -87,6 +101,12 @@ pub struct Faults {
     pub corrupt_replies: Option<ReplyCorruption>,
     /// Only these topics exist (code 115 for any other); `None` = every group and stream.
     pub topics: Option<Vec<Topic>>,
+    /// The simulated MQ's store latency for sink-acknowledged frames; `None` =
+    /// [`NodeConfig::sink_latency`].
+    pub sink_latency: Option<Duration>,
+    /// Sink-acknowledged frames the simulated MQ fails, with a sink code (116–119): such a frame
+    /// is answered with the code after the latency and its records are not counted.
+    pub sink_errors: Option<ErrorInjection>,
 }
 
 /// A configured topic: a whole group, or one stream of it.
@@ -100,6 +120,7 @@ pub struct Topic {
 
 /// Which batches get an injected error code.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub enum ErrorInjection {
     /// Every batch with probability `fraction` (0.0..=1.0) gets `code`.
     Fraction {
@@ -115,6 +136,43 @@ pub enum ErrorInjection {
         /// Batches still to fail.
         count: u64,
     },
+    /// Every `n`-th batch (the n-th, 2n-th, …) gets `code`.
+    EveryNth {
+        /// The DataProxy `errCode` to answer.
+        code: i32,
+        /// The period; 0 and 1 fail every batch.
+        n: u64,
+        /// Batches seen so far.
+        seen: u64,
+    },
+}
+
+impl ErrorInjection {
+    /// The code for the next batch, if it is to fail; `None` when the injection is used up.
+    fn draw(&mut self, rng: &mut fastrand::Rng) -> (Option<i32>, bool) {
+        match self {
+            ErrorInjection::Next { code, count } => {
+                *count = count.saturating_sub(1);
+                (Some(*code), *count == 0)
+            }
+            ErrorInjection::Fraction { code, fraction } => {
+                ((rng.f64() < *fraction).then_some(*code), false)
+            }
+            ErrorInjection::EveryNth { code, n, seen } => {
+                *seen += 1;
+                ((*seen % (*n).max(1) == 0).then_some(*code), false)
+            }
+        }
+    }
+}
+
+/// Draws from an optional injection, removing it once used up.
+fn draw(injection: &mut Option<ErrorInjection>, rng: &mut fastrand::Rng) -> Option<i32> {
+    let (code, used_up) = injection.as_mut()?.draw(rng);
+    if used_up {
+        *injection = None;
+    }
+    code
 }
 
 /// How reply frames are broken.
@@ -242,7 +300,10 @@ impl DuplicateDetector {
 enum Verdict {
     Accept,
     Error(i32, Option<String>),
+    /// The `close_after_batches` fault: close after the replies already queued.
     Close,
+    /// The real server throws while building the event: close at once, like any protocol error.
+    ProtocolClose,
 }
 
 impl DataProxyNode {
@@ -425,7 +486,12 @@ impl DataProxyNode {
                 Ok(Ok(_)) => {}
             }
             let mut out = Vec::new();
-            let delay = match self.process_frames(&mut conn, &mut out) {
+            let processed = self.process_frames(&mut conn, &mut out);
+            for job in conn.sink_jobs.drain(..) {
+                let (node, replies, pending) = (self.clone(), replies.clone(), pending.clone());
+                tokio::spawn(async move { node.run_sink(job, replies, pending).await });
+            }
+            let delay = match processed {
                 Ok(delay) => delay,
                 Err(reason) => break reason,
             };
@@ -452,8 +518,8 @@ impl DataProxyNode {
         inner.open_connections.fetch_sub(1, Ordering::Relaxed);
     }
 
-    /// Handles every whole frame in `conn.buf`, appending replies to `out`. Returns the reply delay,
-    /// or why the connection must close.
+    /// Handles every whole frame in `conn.buf`, appending replies to `out` and sink-acknowledged
+    /// frames to `conn.sink_jobs`. Returns the reply delay, or why the connection must close.
     fn process_frames(
         &self,
         conn: &mut Connection,
@@ -490,25 +556,34 @@ impl DataProxyNode {
                 conn.buf.advance(len);
                 continue;
             }
-            let msg_type = frame[4];
+            let dp_ip = inner.config.dp_ip.as_str();
             match request {
                 Request::Heartbeat => {
                     state.stats.heartbeats += 1;
                     drop(state);
                     write_reply(out, corrupt, |out| out.extend_from_slice(&HEARTBEAT_REPLY));
                 }
+                Request::BinHeartbeat(heartbeat) => {
+                    state.stats.heartbeats += 1;
+                    drop(state);
+                    let now_secs = u32::try_from(unix_ms() / 1000).unwrap_or(u32::MAX);
+                    write_reply(out, corrupt, |out| {
+                        codec::encode_bin_heartbeat_reply(out, now_secs, &heartbeat);
+                    });
+                }
                 Request::Rejected(rejection) => {
                     state.stats.errors += 1;
                     drop(state);
                     if rejection.wants_reply {
+                        let error = Some((rejection.code, rejection.err_msg.as_deref()));
                         write_reply(out, corrupt, |out| {
-                            let error = Some((rejection.code, rejection.err_msg.as_deref()));
-                            codec::encode_reply(
+                            encode_answer(
                                 out,
-                                msg_type,
-                                &inner.config.dp_ip,
+                                rejection.reply_to,
+                                dp_ip,
                                 error,
                                 rejection.echo.as_deref(),
+                                None,
                             );
                         });
                     }
@@ -516,49 +591,217 @@ impl DataProxyNode {
                 Request::Batch(batch) => {
                     conn.batches += 1;
                     let verdict = state.judge(&batch, conn.batches);
+                    let to_sink = matches!(verdict, Verdict::Accept)
+                        && batch.sink_ack
+                        && batch.wants_reply
+                        && matches!(batch.reply_to, ReplyTo::Bin(_));
+                    let now_ms = unix_ms();
                     match verdict {
-                        Verdict::Accept => state.account(&batch, &inner.config, &inner.duplicates),
+                        Verdict::Accept if to_sink => {
+                            let latency =
+                                state.faults.sink_latency.unwrap_or(inner.config.sink_latency);
+                            drop(state);
+                            conn.sink_jobs.push(SinkJob::new(
+                                &batch,
+                                &inner.config,
+                                now_ms,
+                                Instant::now() + latency,
+                                corrupt,
+                            ));
+                        }
+                        Verdict::Accept => {
+                            state.account(&Stored::of(&batch, &inner.config), &inner.duplicates);
+                        }
                         Verdict::Error(..) => state.stats.errors += 1,
                         Verdict::Close => state.stats.dropped += 1,
+                        Verdict::ProtocolClose => state.stats.protocol_closes += 1,
                     }
-                    drop(state);
-                    let now_ms = unix_ms();
                     match verdict {
                         Verdict::Close => {
                             conn.closing = true;
                             return Ok(delay);
                         }
-                        _ if !batch.wants_reply => {}
+                        Verdict::ProtocolClose => return Err("protocol violation"),
+                        _ if !batch.wants_reply || to_sink => {}
+                        // syncSend/proxySend on a txt frame: the real sink never answers it.
+                        Verdict::Accept if batch.sink_ack => {}
                         Verdict::Accept => write_reply(out, corrupt, |out| {
-                            let echo = codec::stored_attrs(&batch.attrs, now_ms);
-                            codec::encode_reply(
+                            let echo = stored(&batch, now_ms);
+                            encode_answer(
                                 out,
-                                msg_type,
-                                &inner.config.dp_ip,
+                                batch.reply_to,
+                                dp_ip,
                                 None,
                                 Some(&echo),
+                                batch.echo_body,
                             );
                         }),
                         Verdict::Error(code, msg) => write_reply(out, corrupt, |out| {
                             // 114 happens after the attrs were rewritten; the others before.
                             let echo = if code == err_codes::PUT_EVENT_TO_CHANNEL_FAILURE {
-                                codec::stored_attrs(&batch.attrs, now_ms)
+                                stored(&batch, now_ms)
                             } else {
                                 batch.attrs.clone()
                             };
                             let error = Some((code, msg.as_deref()));
-                            codec::encode_reply(
-                                out,
-                                msg_type,
-                                &inner.config.dp_ip,
-                                error,
-                                Some(&echo),
-                            );
+                            encode_answer(out, batch.reply_to, dp_ip, error, Some(&echo), None);
                         }),
                     }
                 }
             }
             conn.buf.advance(len);
+        }
+    }
+
+    /// The simulated MQ sink of one frame: waits for the store latency, then stores the event
+    /// (counting its records) or fails it with an injected sink code, and answers it.
+    async fn run_sink(
+        self,
+        job: SinkJob,
+        replies: mpsc::UnboundedSender<(Instant, Vec<u8>)>,
+        pending: Arc<AtomicUsize>,
+    ) {
+        tokio::time::sleep_until(job.due).await;
+        let failure = {
+            let mut state = lock(&self.inner.state);
+            let state = &mut *state;
+            match draw(&mut state.faults.sink_errors, &mut state.rng) {
+                Some(code) => {
+                    state.stats.errors += 1;
+                    Some(code)
+                }
+                None => {
+                    state.account(&job.stored, &self.inner.duplicates);
+                    None
+                }
+            }
+        };
+        let mut out = Vec::new();
+        write_reply(&mut out, job.corrupt, |out| {
+            let message = failure.map(sink_message);
+            let error = failure.map(|code| (code, message.as_deref()));
+            // A failed event's attrs are the stored ones too: the sink only sees stored events.
+            encode_answer(
+                out,
+                job.reply_to,
+                &self.inner.config.dp_ip,
+                error,
+                Some(&job.echo),
+                None,
+            );
+        });
+        pending.fetch_add(out.len(), Ordering::Relaxed);
+        // A connection gone meanwhile: the MQ has the event, the answer is lost.
+        let _ = replies.send((Instant::now(), out));
+    }
+}
+
+/// The attribute string a success or 114 reply echoes, per frame kind.
+fn stored<'b>(batch: &'b codec::Batch<'_>, now_ms: u64) -> Cow<'b, str> {
+    match batch.reply_to {
+        ReplyTo::Text(_) => codec::stored_attrs(&batch.attrs, now_ms),
+        ReplyTo::Bin(_) => codec::stored_bin_attrs(&batch.attrs, now_ms),
+    }
+}
+
+/// Appends the reply to a data frame in the frame kind's format.
+fn encode_answer(
+    out: &mut Vec<u8>,
+    reply_to: ReplyTo,
+    dp_ip: &str,
+    error: Option<(i32, Option<&str>)>,
+    echo: Option<&str>,
+    echo_body: Option<&[u8]>,
+) {
+    match reply_to {
+        ReplyTo::Text(msg_type) => {
+            let body = echo_body.unwrap_or(b"2");
+            codec::encode_reply_with_body(out, msg_type, body, dp_ip, error, echo);
+        }
+        ReplyTo::Bin(uniq) => codec::encode_bin_reply(out, uniq, dp_ip, error, echo),
+    }
+}
+
+/// The errMsg written with an injected sink code.
+fn sink_message(code: i32) -> String {
+    match code {
+        err_codes::NO_AVAILABLE_PRODUCER => "No available producer".to_owned(),
+        err_codes::PRODUCER_IS_NULL => "Producer is null".to_owned(),
+        err_codes::SEND_REQUEST_TO_MQ_FAILURE => "Send request to MQ failure".to_owned(),
+        err_codes::MQ_RETURN_ERROR => "MQ returned an error".to_owned(),
+        _ => format!("injected sink error {code}"),
+    }
+}
+
+/// What an accepted frame adds to the node's counters, owned when it waits for the sink.
+struct Stored<'b> {
+    group: Cow<'b, str>,
+    stream: Cow<'b, str>,
+    mid: Option<Cow<'b, str>>,
+    count: u32,
+    payload_bytes: u64,
+    /// The records, when the node keeps a ledger.
+    ledger: Option<Vec<Bytes>>,
+}
+
+impl<'b> Stored<'b> {
+    fn of(batch: &'b codec::Batch<'_>, config: &NodeConfig) -> Stored<'b> {
+        let ledger = config.ledger.then(|| {
+            let mut block =
+                BytesMut::with_capacity(usize::try_from(batch.payload_bytes).unwrap_or(0));
+            let mut ranges = Vec::with_capacity(batch.count as usize);
+            for record in batch.records() {
+                let start = block.len();
+                block.extend_from_slice(record);
+                ranges.push(start..block.len());
+            }
+            let block = block.freeze();
+            ranges.into_iter().map(|range| block.slice(range)).collect()
+        });
+        Stored {
+            group: Cow::Borrowed(batch.attr("groupId").unwrap_or_default()),
+            stream: Cow::Borrowed(batch.attr("streamId").unwrap_or_default()),
+            mid: batch.attr("mid").map(Cow::Borrowed),
+            count: batch.count,
+            payload_bytes: batch.payload_bytes,
+            ledger,
+        }
+    }
+
+    fn into_owned(self) -> Stored<'static> {
+        Stored {
+            group: Cow::Owned(self.group.into_owned()),
+            stream: Cow::Owned(self.stream.into_owned()),
+            mid: self.mid.map(|mid| Cow::Owned(mid.into_owned())),
+            ..self
+        }
+    }
+}
+
+/// A frame waiting for the simulated MQ.
+struct SinkJob {
+    reply_to: ReplyTo,
+    /// The stored attributes the answer echoes.
+    echo: String,
+    stored: Stored<'static>,
+    due: Instant,
+    corrupt: Option<ReplyCorruption>,
+}
+
+impl SinkJob {
+    fn new(
+        batch: &codec::Batch<'_>,
+        config: &NodeConfig,
+        now_ms: u64,
+        due: Instant,
+        corrupt: Option<ReplyCorruption>,
+    ) -> SinkJob {
+        SinkJob {
+            reply_to: batch.reply_to,
+            echo: stored(batch, now_ms).into_owned(),
+            stored: Stored::of(batch, config).into_owned(),
+            due,
+            corrupt,
         }
     }
 }
@@ -577,11 +820,13 @@ struct Connection {
     scratch: Vec<u8>,
     batches: u64,
     closing: bool,
+    /// Frames handed to the sink by the last [`DataProxyNode::process_frames`].
+    sink_jobs: Vec<SinkJob>,
 }
 
 impl NodeState {
-    /// Steps 9–13 of §3.2 plus the injected faults.
-    fn judge(&mut self, batch: &codec::TextBatch<'_>, conn_batches: u64) -> Verdict {
+    /// The handler's checks (§3.2 steps 9–13, §4.4 steps 6–10) plus the injected faults.
+    fn judge(&mut self, batch: &codec::Batch<'_>, conn_batches: u64) -> Verdict {
         let faults = &mut self.faults;
         if faults.close_after_batches.is_some_and(|n| conn_batches >= n) {
             return Verdict::Close;
@@ -591,6 +836,9 @@ impl NodeState {
         }
         if faults.mq_unready {
             return Verdict::Error(err_codes::SINK_SERVICE_UNREADY, None);
+        }
+        if let Some((code, msg)) = &batch.handler_error {
+            return Verdict::Error(*code, Some(msg.clone()));
         }
         let group = batch.attr("groupId").unwrap_or_default();
         if group.trim().is_empty() {
@@ -607,60 +855,33 @@ impl NodeState {
                 return Verdict::Error(err_codes::TOPIC_IS_BLANK, Some(msg));
             }
         }
-        let injected = match &mut faults.errors {
-            None => None,
-            Some(ErrorInjection::Next { code, count }) => {
-                let code = *code;
-                *count = count.saturating_sub(1);
-                if *count == 0 {
-                    faults.errors = None;
-                }
-                Some(code)
-            }
-            Some(ErrorInjection::Fraction { code, fraction }) => {
-                let (code, fraction) = (*code, *fraction);
-                (self.rng.f64() < fraction).then_some(code)
-            }
-        };
-        match injected {
+        if batch.truncated_entry {
+            return Verdict::ProtocolClose;
+        }
+        match draw(&mut faults.errors, &mut self.rng) {
             None => Verdict::Accept,
             Some(code) => Verdict::Error(code, injected_message(code)),
         }
     }
 
-    fn account(
-        &mut self,
-        batch: &codec::TextBatch<'_>,
-        config: &NodeConfig,
-        duplicates: &DuplicateDetector,
-    ) {
+    fn account(&mut self, stored: &Stored<'_>, duplicates: &DuplicateDetector) {
         self.stats.batches += 1;
-        self.stats.records += u64::from(batch.count);
-        self.stats.payload_bytes += batch.payload_bytes;
-        let stream = batch.attr("streamId").unwrap_or_default();
+        self.stats.records += u64::from(stored.count);
+        self.stats.payload_bytes += stored.payload_bytes;
+        let stream: &str = &stored.stream;
         match self.streams.get_mut(stream) {
-            Some(count) => *count += u64::from(batch.count),
+            Some(count) => *count += u64::from(stored.count),
             None => {
-                self.streams.insert(stream.to_owned(), u64::from(batch.count));
+                self.streams.insert(stream.to_owned(), u64::from(stored.count));
             }
         }
-        if let Some(mid) = batch.attr("mid") {
-            if duplicates.is_duplicate(batch.attr("groupId").unwrap_or_default(), mid) {
+        if let Some(mid) = &stored.mid {
+            if duplicates.is_duplicate(&stored.group, mid) {
                 self.stats.duplicates += 1;
             }
         }
-        if config.ledger {
-            let mut block =
-                BytesMut::with_capacity(usize::try_from(batch.payload_bytes).unwrap_or(0));
-            let mut ranges = Vec::with_capacity(batch.count as usize);
-            for record in batch.records() {
-                let start = block.len();
-                block.extend_from_slice(record);
-                ranges.push(start..block.len());
-            }
-            let block = block.freeze();
-            let records = self.ledger.entry(stream.to_owned()).or_default();
-            records.extend(ranges.into_iter().map(|range| block.slice(range)));
+        if let Some(records) = &stored.ledger {
+            self.ledger.entry(stream.to_owned()).or_default().extend(records.iter().cloned());
         }
     }
 }
@@ -672,6 +893,7 @@ fn injected_message(code: i32) -> Option<String> {
             Some("Put msg event to channel failure: ChannelException: channel full".to_owned())
         }
         err_codes::SINK_SERVICE_UNREADY | err_codes::SERVICE_CLOSED => None,
+        code if err_codes::is_sink_error(code) => Some(sink_message(code)),
         _ => Some(format!("injected error {code}")),
     }
 }

@@ -1,6 +1,7 @@
 //! The local DataProxy node over real loopback sockets: what a Go-SDK-like client sees, the
-//! node-side rows of the validation table (`PROTOCOL.md` §3.2 steps 9–13), connection-level
-//! failures, every fault and the accounting.
+//! node-side rows of the validation table (`PROTOCOL.md` §3.2 steps 9–13, §4.4 steps 6–9),
+//! connection-level failures, every fault, the simulated MQ sink of type 7 frames and the
+//! accounting.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -631,4 +632,136 @@ fn wait_for_records_returns_once_they_arrived_and_panics_at_its_limit() {
     let message = panic_message(&*outcome.expect_err("31 records never arrive"));
     assert!(message.contains("waiting for 31 records accepted (30 so far)"), "{message}");
     assert!(waited >= limit && waited < TIMEOUT, "{waited:?}");
+}
+
+/// A type 7 frame (§4.2) with string IDs (extField 0x04) unless `ext` says otherwise.
+fn bin_frame(ext: u16, uniq: u32, records: &[&[u8]], attrs: &str) -> Vec<u8> {
+    let mut body = Vec::new();
+    for record in records {
+        body.extend_from_slice(&(record.len() as u32).to_be_bytes());
+        body.extend_from_slice(record);
+    }
+    let mut out = Vec::new();
+    out.extend_from_slice(&((25 + body.len() + attrs.len()) as u32).to_be_bytes());
+    out.push(7);
+    out.extend_from_slice(&[0, 0, 0, 0]);
+    out.extend_from_slice(&ext.to_be_bytes());
+    out.extend_from_slice(&1_700_000_000u32.to_be_bytes());
+    out.extend_from_slice(&(records.len() as u16).to_be_bytes());
+    out.extend_from_slice(&uniq.to_be_bytes());
+    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    out.extend_from_slice(&body);
+    out.extend_from_slice(&(attrs.len() as u16).to_be_bytes());
+    out.extend_from_slice(attrs.as_bytes());
+    out.extend_from_slice(&[0xee, 0x01]);
+    out
+}
+
+impl Client {
+    /// Reads the next type 7 reply: its `uniq` and attributes.
+    fn bin_answer(&mut self) -> (u32, String) {
+        let mut head = [0u8; 11];
+        self.stream.read_exact(&mut head).expect("a type 7 reply");
+        assert_eq!(head[4], 7, "{head:?}");
+        let uniq = u32::from_be_bytes(head[5..9].try_into().unwrap());
+        let mut rest = vec![0u8; usize::from(u16::from_be_bytes([head[9], head[10]])) + 2];
+        self.stream.read_exact(&mut rest).unwrap();
+        assert_eq!(rest.split_off(rest.len() - 2), [0xee, 0x01], "the magic");
+        (uniq, String::from_utf8(rest).unwrap())
+    }
+}
+
+#[test]
+fn sink_acknowledged_type_7_is_answered_after_the_mq_stored_it_without_blocking_others() {
+    let latency = Duration::from_millis(400);
+    let cluster = cluster_with(NodeConfig { sink_latency: latency, ..ledger_config() });
+    let mut client = Client::connect(cluster.node(0).addr());
+    let started = Instant::now();
+    client.send(&bin_frame(4, 1, &[b"acked-by-mq"], "groupId=g&streamId=s&proxySend=true"));
+    client.send(&bin_frame(4, 2, &[b"a", b"b"], "groupId=g&streamId=s"));
+    // The plain frame's reply overtakes the one waiting for the MQ, which is not counted yet.
+    let (uniq, attrs) = client.bin_answer();
+    assert_eq!(uniq, 2);
+    assert!(attrs.starts_with("dpIp=127.0.0.1&rtms="), "{attrs}");
+    assert!(started.elapsed() < latency, "not held behind the sink");
+    assert_eq!(cluster.stats().records, 2);
+    let (uniq, attrs) = client.bin_answer();
+    assert!(started.elapsed() >= latency);
+    assert_eq!(uniq, 1);
+    assert!(!attrs.contains("errCode"), "{attrs}");
+    assert!(attrs.ends_with("&groupId=g&streamId=s&proxySend=true"), "{attrs}");
+    assert_eq!(cluster.stats().records, 3);
+    // The ledger is in the order the MQ stored the records.
+    assert_eq!(cluster.ledger()["s"], vec![&b"a"[..], b"b", b"acked-by-mq"][..]);
+
+    // The latency changes at run time, like every fault.
+    cluster.node(0).update_faults(|f| f.sink_latency = Some(Duration::ZERO));
+    let started = Instant::now();
+    client.send(&bin_frame(4, 3, &[b"x"], "groupId=g&streamId=s&syncSend=true"));
+    assert_eq!(client.bin_answer().0, 3);
+    assert!(started.elapsed() < latency);
+}
+
+#[test]
+fn sink_errors_116_to_119_are_answered_and_not_counted() {
+    let cluster = cluster_with(NodeConfig::default());
+    let mut client = Client::connect(cluster.node(0).addr());
+    let sink_frame = |uniq| bin_frame(4, uniq, &[b"x"], "groupId=g&streamId=s&proxySend=true");
+    for (uniq, code) in [(10, 116), (11, 117), (12, 118), (13, 119)] {
+        cluster
+            .node(0)
+            .update_faults(|f| f.sink_errors = Some(ErrorInjection::Next { code, count: 1 }));
+        client.send(&sink_frame(uniq));
+        let (got, attrs) = client.bin_answer();
+        assert_eq!(got, uniq);
+        assert!(attrs.starts_with(&format!("dpIp=127.0.0.1&errCode={code}&errMsg=")), "{attrs}");
+    }
+    assert_eq!((cluster.stats().records, cluster.stats().errors), (0, 4));
+    // Every second sink-acknowledged frame fails; frames without the ack never reach the sink.
+    let every_2nd = ErrorInjection::EveryNth { code: 118, n: 2, seen: 0 };
+    cluster.node(0).update_faults(|f| f.sink_errors = Some(every_2nd));
+    client.send(&bin_frame(4, 20, &[b"x"], "groupId=g&streamId=s"));
+    assert!(!client.bin_answer().1.contains("errCode"));
+    let mut codes = Vec::new();
+    for uniq in 21..25 {
+        client.send(&sink_frame(uniq));
+        let (_, attrs) = client.bin_answer();
+        codes.push(attrs.contains("errCode=118"));
+    }
+    assert_eq!(codes, [false, true, false, true]);
+    assert_eq!(cluster.stats().records, 3);
+}
+
+#[test]
+fn type_7_handler_checks_come_after_reject_mode_and_before_the_topic() {
+    let cluster = cluster_with(NodeConfig::default());
+    let mut client = Client::connect(cluster.node(0).addr());
+    let attrs = "groupId=g&streamId=s";
+    // Numeric IDs: the local node has no mapping, as a real node without it answers 121.
+    client.send(&bin_frame(0, 1, &[b"x"], attrs));
+    assert!(client.bin_answer().1.contains("&errCode=121&"));
+    client.send(&bin_frame(0x0c, 2, &[b"x"], attrs));
+    assert!(client.bin_answer().1.contains("&errCode=112&"));
+    client.send(&bin_frame(4, 3, &[b"x"], "streamId=s"));
+    assert!(client.bin_answer().1.contains("&errCode=100"));
+    cluster.node(0).update_faults(|f| f.reject = true);
+    client.send(&bin_frame(0, 4, &[b"x"], attrs));
+    let (uniq, reply) = client.bin_answer();
+    assert_eq!((uniq, reply.as_str()), (4, "dpIp=127.0.0.1&errCode=2&groupId=g&streamId=s"));
+    assert_eq!(cluster.stats().records, 0);
+}
+
+#[test]
+fn type_8_heartbeat_is_answered_with_the_servers_clock() {
+    let cluster = cluster_with(NodeConfig::default());
+    let mut client = Client::connect(cluster.node(0).addr());
+    client.send(&[0, 0, 0, 0x11, 8, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 3, b'a', b'=', b'b', 0xee, 0x01]);
+    let mut reply = [0u8; 23];
+    client.stream.read_exact(&mut reply).unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+    let secs = u64::from(u32::from_be_bytes(reply[5..9].try_into().unwrap()));
+    assert!(secs.abs_diff(now.as_secs()) <= 5, "{secs}");
+    assert_eq!(reply[..5], [0, 0, 0, 0x13, 8]);
+    assert_eq!(reply[9..], [2, 0, 0, 0, 2, 0xff, 0xff, 0, 3, b'a', b'=', b'b', 0xee, 0x01]);
+    assert_eq!(cluster.stats().heartbeats, 1);
 }
