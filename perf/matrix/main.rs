@@ -95,19 +95,25 @@ struct Job {
     compress: bool,
     /// Records per second for `HalfPeak`.
     rate: u64,
+    /// `5`, `7` or `7-sink`: `bench --msg-type` and `--ack`.
+    protocol: &'static str,
 }
 
 impl Job {
     fn name(&self) -> String {
         let compression = if self.compress { "" } else { " no-compress" };
+        let protocol = match self.protocol {
+            "5" => String::new(),
+            other => format!(" msgType {other}"),
+        };
         match self.kind {
             Kind::Producer => format!(
-                "producer {} B {} stream(s) {} shard(s) {}{compression}",
+                "producer {} B {} stream(s) {} shard(s) {}{compression}{protocol}",
                 self.size, self.streams, self.shards, self.transport
             ),
             Kind::Ideal => format!("ideal {} B {}{compression}", self.size, self.transport),
             Kind::HalfPeak => format!(
-                "half-peak {} B {} stream(s) {} shard(s) {} at {} rec/s",
+                "half-peak {} B {} stream(s) {} shard(s) {}{protocol} at {} rec/s",
                 self.size, self.streams, self.shards, self.transport, self.rate
             ),
             Kind::CloseBacklog => {
@@ -123,11 +129,30 @@ impl Job {
     }
 
     fn producer(size: usize, streams: u32, shards: u16, transport: &'static str) -> Job {
-        Job { kind: Kind::Producer, size, streams, shards, transport, compress: true, rate: 0 }
+        Job {
+            kind: Kind::Producer,
+            size,
+            streams,
+            shards,
+            transport,
+            compress: true,
+            rate: 0,
+            protocol: "5",
+        }
     }
 
     fn ideal(size: usize, transport: &'static str, compress: bool) -> Job {
-        Job { kind: Kind::Ideal, size, streams: 1, shards: 0, transport, compress, rate: 0 }
+        Job { kind: Kind::Ideal, shards: 0, compress, ..Job::producer(size, 1, 0, transport) }
+    }
+
+    /// `bench`'s protocol flags for this job.
+    fn protocol_args(&self) -> [&'static str; 4] {
+        let (msg_type, ack) = match self.protocol {
+            "7" => ("7", "proxy"),
+            "7-sink" => ("7", "sink"),
+            _ => ("5", "proxy"),
+        };
+        ["--msg-type", msg_type, "--ack", ack]
     }
 }
 
@@ -189,7 +214,7 @@ struct Server {
 impl Server {
     fn start(cli: &Path) -> Result<Server, String> {
         let mut child = Command::new(cli)
-            .args(["serve", "--count-only", "--nodes", "1"])
+            .args(["serve", "--count-only", "--nodes", "1", "--sink-latency-ms", SINK_LATENCY_MS])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -245,6 +270,7 @@ fn run_job(
             command.args(["--duration", &duration_text]);
             command.args(["--size", &job.size.to_string(), "--streams", &job.streams.to_string()]);
             command.args(["--shards", &job.shards.to_string(), "--transport", job.transport]);
+            command.args(job.protocol_args());
             if job.kind == Kind::HalfPeak {
                 command.args(["--rate", &job.rate.to_string()]);
             }
@@ -386,8 +412,17 @@ fn matrix_jobs(quick: bool) -> Vec<Job> {
     }
     jobs.push(Job::ideal(100, "io_uring", false));
     jobs.push(Job { compress: false, ..Job::producer(100, 1, 2, "io_uring") });
+    // The binary protocol, and sink acknowledgement (the sink's store takes SINK_LATENCY_MS).
+    for protocol in ["7", "7-sink"] {
+        for size in [100, 1024] {
+            jobs.push(Job { protocol, ..Job::producer(size, 1, 2, "io_uring") });
+        }
+    }
     jobs
 }
+
+/// The simulated MQ's store latency for sink-acknowledged frames (`serve --sink-latency-ms`).
+const SINK_LATENCY_MS: &str = "5";
 
 /// Runs `jobs[first..]` `args.reps` times, repetitions interleaved (every job once, then again),
 /// appending each result to `runs[job]`.
@@ -425,7 +460,7 @@ fn run_matrix(args: &Args) -> Result<(), String> {
     run_interleaved(&jobs, 0, &mut runs, &programs, &server, args)?;
 
     // Half of the measured peak, for latency; closing after a backlog.
-    let peak_of = |size: usize| -> f64 {
+    let peak_of = |size: usize, protocol: &str| -> f64 {
         jobs.iter()
             .position(|j| {
                 j.kind == Kind::Producer
@@ -434,19 +469,23 @@ fn run_matrix(args: &Args) -> Result<(), String> {
                     && j.shards == 2
                     && j.transport == "io_uring"
                     && j.compress
+                    && j.protocol == protocol
             })
             .map_or(f64::NAN, |i| {
                 median(runs[i].iter().filter_map(|r| r["records_per_sec"].as_f64()).collect())
             })
     };
     let mut extra = Vec::new();
-    for size in [100, 1024] {
-        let peak = peak_of(size);
-        if peak.is_finite() {
-            // Rates are far below 2^53.
-            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-            let rate = (peak / 2.0) as u64;
-            extra.push(Job { kind: Kind::HalfPeak, rate, ..Job::producer(size, 1, 2, "io_uring") });
+    for protocol in ["5", "7", "7-sink"] {
+        for size in [100, 1024] {
+            let peak = peak_of(size, protocol);
+            if peak.is_finite() {
+                // Rates are far below 2^53.
+                #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+                let rate = (peak / 2.0) as u64;
+                let job = Job::producer(size, 1, 2, "io_uring");
+                extra.push(Job { kind: Kind::HalfPeak, rate, protocol, ..job });
+            }
         }
     }
     extra.push(Job { kind: Kind::CloseBacklog, ..Job::producer(100, 1, 2, "io_uring") });
@@ -536,6 +575,7 @@ impl Report<'_> {
                     "shards": job.shards,
                     "transport": job.transport,
                     "compress": job.compress,
+                    "protocol": job.protocol,
                     "runs": self.runs[i],
                     "median": median,
                 })
@@ -546,7 +586,9 @@ impl Report<'_> {
             "machine": machine,
             "reps": self.args.reps,
             "duration_secs": self.args.duration,
-            "sink": "inlong-dataproxy serve --count-only (separate process)",
+            "sink": format!(
+                "inlong-dataproxy serve --count-only --sink-latency-ms {SINK_LATENCY_MS} (separate process)"
+            ),
             "jobs": jobs,
             "targets": self.targets().into_iter().map(|(what, target, got, ok)| json!({
                 "target": what, "wanted": target, "measured": got, "met": ok,
@@ -554,7 +596,7 @@ impl Report<'_> {
         })
     }
 
-    /// Issue 7's targets: (what, wanted, measured, met).
+    /// The performance targets: (what, wanted, measured, met).
     fn targets(&self) -> Vec<(String, String, String, bool)> {
         let mut out = Vec::new();
         let mut check =
@@ -616,7 +658,7 @@ impl Report<'_> {
         let mut md = String::new();
         let _ = writeln!(
             md,
-            "## Performance matrix, {} ({} reps interleaved, {} s per run, medians; sink: `serve --count-only` in a separate process; took {:.0} s)\n",
+            "## Performance matrix, {} ({} reps interleaved, {} s per run, medians; sink: `serve --count-only --sink-latency-ms {SINK_LATENCY_MS}` in a separate process, the latency applying to sink-acknowledged frames only; took {:.0} s)\n",
             self.date,
             self.args.reps,
             self.args.duration,
@@ -661,7 +703,7 @@ impl Report<'_> {
                 f("max_rss_mb"),
             );
         }
-        let _ = writeln!(md, "\n### Targets (issue 7)\n");
+        let _ = writeln!(md, "\n### Targets\n");
         let _ = writeln!(md, "| Target | Wanted | Measured | Met |");
         let _ = writeln!(md, "|---|---|---|---|");
         for (what, wanted, got, ok) in self.targets() {
@@ -680,8 +722,11 @@ impl Report<'_> {
         let mut groups: BTreeMap<String, (Points, Points)> = BTreeMap::new();
         for (i, job) in self.jobs.iter().enumerate() {
             let label = match job.kind {
-                Kind::Producer if job.shards == 2 && job.compress => {
+                Kind::Producer if job.shards == 2 && job.compress && job.protocol == "5" => {
                     format!("producer {} {} stream(s)", job.transport, job.streams)
+                }
+                Kind::Producer if job.shards == 2 && job.compress => {
+                    format!("producer {} msgType {}", job.transport, job.protocol)
                 }
                 Kind::Ideal if job.compress => format!("ideal pipeline {}", job.transport),
                 _ => continue,

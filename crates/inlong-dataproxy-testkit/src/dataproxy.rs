@@ -79,7 +79,8 @@ impl Default for NodeConfig {
 /// Server-side failures to inject. All of them apply to batches that arrive after they are set.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Faults {
-    /// Delay every reply by this long (replies keep their order).
+    /// Delay every reply by this long (replies keep their order; a sink's answer comes this
+    /// long after its store latency).
     pub ack_delay: Duration,
     /// Answer some batches with an error code instead of accepting them.
     pub errors: Option<ErrorInjection>,
@@ -599,7 +600,8 @@ impl DataProxyNode {
                     match verdict {
                         Verdict::Accept if to_sink => {
                             let latency =
-                                state.faults.sink_latency.unwrap_or(inner.config.sink_latency);
+                                state.faults.sink_latency.unwrap_or(inner.config.sink_latency)
+                                    + state.faults.ack_delay;
                             drop(state);
                             conn.sink_jobs.push(SinkJob::new(
                                 &batch,
@@ -758,10 +760,18 @@ impl<'b> Stored<'b> {
             let block = block.freeze();
             ranges.into_iter().map(|range| block.slice(range)).collect()
         });
+        let stream = batch.attr("streamId").unwrap_or_default();
+        // What identifies a batch across its retries: its `mid` (txt frames, as the Go SDK and
+        // this one write it), or a type 7 frame's `uniq` within its stream (a retry resends the
+        // same frame; a stream's batches come from one sender's shard).
+        let mid = match batch.reply_to {
+            ReplyTo::Bin(uniq) => Some(Cow::Owned(format!("uniq={uniq}&streamId={stream}"))),
+            ReplyTo::Text(_) => batch.attr("mid").map(Cow::Borrowed),
+        };
         Stored {
             group: Cow::Borrowed(batch.attr("groupId").unwrap_or_default()),
-            stream: Cow::Borrowed(batch.attr("streamId").unwrap_or_default()),
-            mid: batch.attr("mid").map(Cow::Borrowed),
+            stream: Cow::Borrowed(stream),
+            mid,
             count: batch.count,
             payload_bytes: batch.payload_bytes,
             ledger,

@@ -909,15 +909,26 @@ impl Future for Drained {
     }
 }
 
-/// A per-producer tag that makes `mid`s unique across producers and restarts.
+/// A per-producer tag that makes `mid`s unique across producers and restarts: 48 bits, distinct
+/// for every call in a process (a random base, drawn once, plus the call's number times an odd
+/// constant: a bijection modulo 2^48), random across processes. (The clock alone, mixed with a
+/// stack address, repeated now and then between threads calling at once.)
 fn unique_tag() -> u64 {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    #[allow(clippy::cast_possible_truncation)]
-    let nanos = nanos as u64;
-    let stack = &nanos as *const u64 as u64;
-    (nanos ^ stack.rotate_left(32) ^ u64::from(std::process::id())) & 0xffff_ffff_ffff
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::OnceLock;
+    const MASK: u64 = 0xffff_ffff_ffff;
+    static BASE: OnceLock<u64> = OnceLock::new();
+    static CALLS: AtomicU64 = AtomicU64::new(0);
+    let base = *BASE.get_or_init(|| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        #[allow(clippy::cast_possible_truncation)]
+        let seed = (nanos as u64) ^ (u64::from(std::process::id()) << 32);
+        fastrand::Rng::with_seed(seed).u64(..)
+    });
+    let call = CALLS.fetch_add(1, Ordering::Relaxed);
+    base.wrapping_add(call.wrapping_mul(0x9e37_79b9_7f4b)) & MASK
 }
 
 /// The result of one [`Producer::send`]: resolves to the record's [`DeliveryReport`] or its error.

@@ -1,5 +1,6 @@
-//! The fault suite (issue 8): the producer under every failure the local DataProxy + Manager can
-//! inject, on both I/O drivers. Each scenario pushes a steady stream of records (a [`Load`]: 8
+//! The fault suite: the producer under every failure the local DataProxy + Manager can inject, on
+//! both I/O drivers and on each wire protocol (msgType 5; msgType 7 acked by the node; msgType 7
+//! acked by the node's MQ sink), see [`wires`]. Each scenario pushes a steady stream of records (a [`Load`]: 8
 //! streams, a unique index in every payload, a callback per record) through the fault and then
 //! checks the **delivery contract** with [`assert_contract`]:
 //!
@@ -39,7 +40,8 @@
 //! INLONG_FAULT_RECORDS=1000000 cargo test --release --test faults -- --nocapture
 //! ```
 //!
-//! Set `INLONG_SKIP_IO_URING=1` to run the epoll half only where io_uring is blocked.
+//! Set `INLONG_SKIP_IO_URING=1` to run the epoll half only where io_uring is blocked, and
+//! `INLONG_FAULT_PROTOCOLS=5,7,7-sink` (a comma-separated subset) to run some protocols only.
 
 mod common;
 use common::{cluster, sample, transports, wait_until};
@@ -53,8 +55,8 @@ use std::time::{Duration, Instant};
 
 use inlong_dataproxy::Field;
 use inlong_dataproxy::{
-    DeliveryFuture, DeliveryReport, Error, MetricsRegistry, Producer, ProducerBuilder, Record,
-    StreamId, Transport,
+    Ack, DeliveryFuture, DeliveryReport, Error, MetricsRegistry, MsgType, Producer,
+    ProducerBuilder, Record, StreamId, Transport,
 };
 use inlong_dataproxy_testkit::{ErrorInjection, LocalCluster, ReplyCorruption};
 
@@ -77,9 +79,64 @@ fn records() -> usize {
     std::env::var("INLONG_FAULT_RECORDS").ok().and_then(|n| n.parse().ok()).unwrap_or(20_000)
 }
 
-/// [`common::builder`] refreshing the node list every 200 ms, with room for the whole load.
-fn builder(cluster: &LocalCluster, transport: Transport) -> ProducerBuilder {
-    common::builder(cluster, transport)
+/// One way of running a scenario: an I/O driver and a wire protocol.
+#[derive(Debug, Clone, Copy)]
+struct Wire {
+    transport: Transport,
+    msg_type: MsgType,
+    ack: Ack,
+}
+
+impl Wire {
+    /// `builder` on this driver, speaking this protocol.
+    fn apply(self, builder: ProducerBuilder) -> ProducerBuilder {
+        builder.transport(self.transport).msg_type(self.msg_type).ack(self.ack)
+    }
+}
+
+impl std::fmt::Display for Wire {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?} {}", self.transport, protocol_label(self.msg_type, self.ack))
+    }
+}
+
+/// `5`, `7` or `7-sink`: the names `INLONG_FAULT_PROTOCOLS` takes.
+fn protocol_label(msg_type: MsgType, ack: Ack) -> &'static str {
+    match (msg_type, ack) {
+        (MsgType::BinMultiBody, Ack::Sink) => "7-sink",
+        (MsgType::BinMultiBody, _) => "7",
+        _ => "5",
+    }
+}
+
+/// Every scenario runs on each I/O driver ([`transports`]) and each protocol: msgType 5,
+/// msgType 7, and msgType 7 acked by the sink. `INLONG_FAULT_PROTOCOLS=5,7,7-sink` picks some.
+fn wires() -> Vec<Wire> {
+    let picked = std::env::var("INLONG_FAULT_PROTOCOLS").ok();
+    let protocols = [
+        (MsgType::MultiBody, Ack::Proxy),
+        (MsgType::BinMultiBody, Ack::Proxy),
+        (MsgType::BinMultiBody, Ack::Sink),
+    ];
+    let protocols: Vec<_> = protocols
+        .into_iter()
+        .filter(|&(m, a)| {
+            picked.as_deref().is_none_or(|list| list.split(',').any(|p| p == protocol_label(m, a)))
+        })
+        .collect();
+    assert!(!protocols.is_empty(), "INLONG_FAULT_PROTOCOLS={picked:?} names no protocol");
+    transports()
+        .into_iter()
+        .flat_map(|transport| {
+            protocols.iter().map(move |&(msg_type, ack)| Wire { transport, msg_type, ack })
+        })
+        .collect()
+}
+
+/// [`common::builder`] on `wire`, refreshing the node list every 200 ms, with room for the whole
+/// load.
+fn builder(cluster: &LocalCluster, wire: Wire) -> ProducerBuilder {
+    wire.apply(common::builder(cluster, wire.transport))
         .update_interval(Duration::from_millis(200))
         // Room for the whole load, so an outage never turns into QueueFull.
         .max_pending_messages(records().max(204_800))
@@ -240,8 +297,15 @@ enum Close {
 /// A finished run, for [`assert_contract`].
 struct Finished {
     tally: Arc<Tally>,
-    transport: &'static str,
+    /// The producer's driver and protocol: `io_uring 7-sink`.
+    transport: String,
     elapsed: Duration,
+}
+
+/// The `transport` of a [`Finished`] run of `producer`.
+fn run_label(producer: &Producer) -> String {
+    let config = producer.config();
+    format!("{} {}", producer.transport(), protocol_label(config.msg_type, config.ack))
 }
 
 impl Load {
@@ -304,7 +368,7 @@ impl Load {
             wait_until("the load to send everything", PACE * 10, || thread.is_finished());
             thread.join().expect("the load thread");
         }
-        let transport = self.producer.transport();
+        let transport = run_label(&self.producer);
         close_within(&self.producer, close).expect("nothing left undelivered at close");
         wait_until("every callback", Duration::from_secs(1), || {
             self.tally.resolved() == self.tally.issued() as u64
@@ -414,7 +478,7 @@ fn assert_contract(cluster: &LocalCluster, run: &Finished, scenario: &str) -> Su
         kinds: tally.kinds(),
     };
     eprintln!(
-        "fault-table | {scenario:<26} | {:<8} | sent {:>8} | acked {:>8} | failed {:>7} | \
+        "fault-table | {scenario:<26} | {:<15} | sent {:>8} | acked {:>8} | failed {:>7} | \
          duplicates {:>6} | max latency {:>5} ms | {:>5.1} s | {:?}",
         run.transport,
         summary.sent,
@@ -568,7 +632,7 @@ fn nothing_more() -> Then {
     then(|_, _| {})
 }
 
-/// One row of the fault table: run by [`run_scenario`] on each transport.
+/// One row of the fault table: run by [`run_scenario`] on each driver and protocol ([`wires`]).
 struct Scenario {
     /// Its name in the `fault-table` rows and in `INLONG_FAULT_SCENARIO`.
     name: &'static str,
@@ -937,6 +1001,62 @@ fn scenarios() -> Vec<Scenario> {
             close: Close::Blocking(bound * 4),
             expect: backlog_failed,
         },
+        // (15) The MQ behind the node fails: sink codes 116–119 (sink acknowledgement only;
+        // on the other protocols nothing asks the sink and the row is a plain run).
+        Scenario {
+            name: "MQ sink fails 116-119",
+            nodes: 1,
+            before: healthy,
+            options: as_built,
+            load: steady,
+            during: |cluster, load| {
+                if load.producer.config().ack != Ack::Sink {
+                    return nothing_more();
+                }
+                let node = cluster.node(0);
+                for (code, at) in [(116, 0.2), (117, 0.4), (118, 0.6), (119, 0.8)] {
+                    load.wait_sent(at);
+                    node.update_faults(|f| {
+                        f.sink_errors = Some(ErrorInjection::Next { code, count: 5 });
+                    });
+                    wait_until(
+                        &format!("five batches failed {code} in the sink"),
+                        Duration::from_secs(10),
+                        || node.faults().sink_errors.is_none(),
+                    );
+                }
+                then(|cluster, summary| {
+                    assert_eq!(cluster.stats().errors, 20);
+                    assert!(summary.retried > 0, "the failed stores were retried");
+                })
+            },
+            close,
+            expect: DELIVERED,
+        },
+        // (16) The MQ is slower than the send timeout for the middle third of the run: attempts
+        // time out and are retried, late answers of superseded attempts count once.
+        Scenario {
+            name: "MQ sink slower than send_timeout",
+            nodes: 1,
+            before: healthy,
+            options: |builder| builder.send_timeout(Duration::from_millis(400)),
+            load: steady,
+            during: |cluster, load| {
+                let node = cluster.node(0);
+                load.wait_sent(0.33);
+                node.update_faults(|f| f.sink_latency = Some(Duration::from_millis(600)));
+                load.wait_sent(0.66);
+                node.update_faults(|f| f.sink_latency = None);
+                nothing_more()
+            },
+            close,
+            expect: Expect {
+                acked: Count::AtLeastOne,
+                failed: Count::Any,
+                failures: &["10001 SendTimeout<-AckTimeout"],
+                ..DELIVERED
+            },
+        },
         // (14) A silent node, or none at all.
         Scenario {
             name: "silent node, backlog",
@@ -973,21 +1093,21 @@ fn ms(millis: u64) -> Duration {
     Duration::from_millis(millis)
 }
 
-/// Runs one row of the table on each transport: a fresh cluster, broken by `before`, a
+/// Runs one row of the table on each driver and protocol ([`wires`]): a fresh cluster, broken by `before`, a
 /// [`Load`] through a producer with the row's options, the fault `during` the load, then the
 /// contract ([`assert_contract`], which prints the `fault-table` row), the row's [`Expect`] and
 /// what the fault left to check.
 fn run_scenario(row: &Scenario) {
-    for transport in transports() {
+    for wire in wires() {
         let cluster = cluster(row.nodes);
         (row.before)(&cluster);
-        let producer = (row.options)(builder(&cluster, transport)).build().unwrap();
+        let producer = (row.options)(builder(&cluster, wire)).build().unwrap();
         let Shape { records, pace, width } = row.load;
         let mut load = Load::start_padded(producer, records, pace, width);
         let then = (row.during)(&cluster, &mut load);
         let run = load.finish(row.close);
         let summary = assert_contract(&cluster, &run, row.name);
-        let context = format!("{} ({transport:?})", row.name);
+        let context = format!("{} ({wire})", row.name);
         row.expect.check(&context, &summary, &run);
         then(&cluster, &summary);
     }
@@ -1055,14 +1175,15 @@ fn every_fault_scenario_keeps_the_delivery_contract() {
 #[test]
 fn the_manager_down_at_start_and_during_the_run() {
     let _run = shared_run();
-    for transport in transports() {
+    for wire in wires() {
         let cluster = cluster(1);
         let manager = cluster.manager();
-        let dir = std::env::temp_dir()
-            .join(format!("inlong-faults-{}-{transport:?}", std::process::id()));
+        let label = wire.to_string().replace(' ', "-");
+        let dir =
+            std::env::temp_dir().join(format!("inlong-faults-{}-{label}", std::process::id()));
         let cache = dir.join("nodes.json");
         let cached = |cluster: &LocalCluster| {
-            builder(cluster, transport).node_list_cache(true).node_list_cache_path(&cache)
+            builder(cluster, wire).node_list_cache(true).node_list_cache_path(&cache)
         };
         // A first producer writes a fresh cache.
         let first = cached(&cluster).build().unwrap();
@@ -1074,7 +1195,7 @@ fn the_manager_down_at_start_and_during_the_run() {
 
         // Without a cache: a clear error within the timeouts.
         let started = Instant::now();
-        let error = builder(&cluster, transport)
+        let error = builder(&cluster, wire)
             .manager_request_timeout(Duration::from_secs(1))
             .build()
             .unwrap_err();
@@ -1106,13 +1227,13 @@ fn the_manager_down_at_start_and_during_the_run() {
 #[test]
 fn close_under_full_load_returns_within_a_short_deadline() {
     let _run = shared_run();
-    for transport in transports() {
+    for wire in wires() {
         let cluster = cluster(1);
         // Acks slower than the close deadline: a backlog is certain to be left at close.
         cluster.node(0).update_faults(|f| f.ack_delay = Duration::from_secs(1));
         let total = records();
         let producer = Arc::new(
-            builder(&cluster, transport)
+            builder(&cluster, wire)
                 .block_if_queue_full(true)
                 .max_pending_messages((total / 10).max(1000))
                 .build()
@@ -1161,7 +1282,7 @@ fn close_under_full_load_returns_within_a_short_deadline() {
             assert!(future.is_resolved(), "record {i} unresolved after close returned");
             tally.resolve(i, future.wait());
         }
-        let run = Finished { tally, transport: producer.transport(), elapsed: started.elapsed() };
+        let run = Finished { tally, transport: run_label(&producer), elapsed: started.elapsed() };
         let summary = assert_contract(&cluster, &run, "close under full load");
         assert_failures_only(&summary, &["10001 FlushTimeout", "10003 ProducerClosed"]);
         let at_deadline = summary.kinds.get("10001 FlushTimeout").copied().unwrap_or(0);
@@ -1178,10 +1299,10 @@ fn close_under_full_load_returns_within_a_short_deadline() {
 #[test]
 fn bad_input_gets_typed_errors_and_never_reaches_the_wire() {
     let _run = shared_run();
-    for transport in transports() {
+    for wire in wires() {
         let cluster = cluster(1);
         let registry = MetricsRegistry::new(prometheus::Registry::new());
-        let producer = builder(&cluster, transport)
+        let producer = builder(&cluster, wire)
             .max_packet_length(4096)
             .batching_max_size(4096)
             .metrics_name("bad-input")
@@ -1233,9 +1354,9 @@ fn bad_input_gets_typed_errors_and_never_reaches_the_wire() {
             let expected = count as f64;
             assert_eq!(sample(&text, &series), Some(expected), "{series}\n{text}");
         }
-        let transport = producer.transport();
+        let transport = run_label(&producer);
         eprintln!(
-            "fault-table | {:<26} | {transport:<8} | every refusal typed and counted",
+            "fault-table | {:<26} | {transport:<15} | every refusal typed and counted",
             "bad input"
         );
     }
@@ -1290,8 +1411,8 @@ fn produce_close_cycles_leak_no_threads_or_fds() {
     let _alone = EXCLUSIVE.write().unwrap_or_else(PoisonError::into_inner);
     let cluster = cluster(2);
     // Returns the counts in the middle of the cycle.
-    let cycle = |transport: Transport| {
-        let producer = builder(&cluster, transport).build().unwrap();
+    let cycle = |wire: Wire| {
+        let producer = builder(&cluster, wire).build().unwrap();
         let load = Load::start(producer, records().min(5000), PACE / 4);
         load.wait_sent(0.5);
         let during = threads_and_fds();
@@ -1302,13 +1423,13 @@ fn produce_close_cycles_leak_no_threads_or_fds() {
         during
     };
     // The first cycles set up what lives as long as the process (registries, driver probes).
-    for transport in transports() {
-        cycle(transport);
+    for wire in wires() {
+        cycle(wire);
     }
     let (threads, fds) = threads_and_fds();
     for _ in 0..3 {
-        for transport in transports() {
-            let during = cycle(transport);
+        for wire in wires() {
+            let during = cycle(wire);
             let (mut now_threads, mut now_fds) = (0, 0);
             let took =
                 wait_until("threads and fds back to their count", Duration::from_secs(10), || {
@@ -1316,7 +1437,7 @@ fn produce_close_cycles_leak_no_threads_or_fds() {
                     now_threads <= threads && now_fds <= fds + 2
                 });
             eprintln!(
-                "leak check {transport:?}: {threads} threads and {fds} fds before, {during:?} \
+                "leak check {wire}: {threads} threads and {fds} fds before, {during:?} \
                  during, {now_threads} and {now_fds} {took:?} after close"
             );
         }
@@ -1401,7 +1522,7 @@ fn live_node_among_dead_ones(dead: Dead, position: Position) {
     // for every scenario when set.
     let records =
         if std::env::var_os("INLONG_FAULT_RECORDS").is_some() { records() } else { 2_000 };
-    for transport in transports() {
+    for wire in wires() {
         let cluster = cluster(1);
         let nodes = match dead {
             Dead::Refusing => DeadNodes::refusing(10_000),
@@ -1417,12 +1538,12 @@ fn live_node_among_dead_ones(dead: Dead, position: Position) {
         let builder = match dead {
             Dead::Refusing => {
                 cluster.manager().set_nodes(&list);
-                builder(&cluster, transport)
+                builder(&cluster, wire)
             }
-            Dead::BlackHole => Producer::builder()
+            Dead::BlackHole => wire
+                .apply(Producer::builder())
                 .group_id("test_group")
                 .endpoints(list)
-                .transport(transport)
                 .shards(2)
                 .max_pending_messages(records.max(204_800))
                 .conn_timeout(Duration::from_millis(300)),

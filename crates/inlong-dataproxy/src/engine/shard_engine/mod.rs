@@ -39,11 +39,13 @@ use crate::record::StreamId;
 /// A connection, named by the shell.
 pub type ConnId = u64;
 
-/// The `uniq` of a batch's msgType 7 frames: the low 32 bits of its ID (IDs of one shard
-/// differ in those bits for 2^32 batches, and replies are matched per connection).
+/// The `uniq` of a batch's msgType 7 frames: the low 32 bits of its ID (IDs of one shard differ
+/// in those bits for 2^32 batches, and replies are matched per connection), offset by the
+/// shard's random `salt`, so that two producers' batches of one stream differ too (a server or
+/// an MQ consumer telling retries from new batches by stream and `uniq` does not confuse them).
 #[allow(clippy::cast_possible_truncation)]
-fn uniq_of(id: u64) -> u32 {
-    id as u32
+fn uniq_of(id: u64, salt: u32) -> u32 {
+    (id as u32).wrapping_add(salt)
 }
 
 /// A connection's partial-reply buffer, sent-batch queue and heartbeat queue.
@@ -286,6 +288,8 @@ pub struct ShardEngine {
     /// A wall-clock reading (ms since the Unix epoch) and the instant it was taken: what the
     /// time field of a type 8 heartbeat is computed from, without reading a clock.
     wall_clock: (Instant, u64),
+    /// Added to the `uniq` of every msgType 7 frame ([`uniq_of`]), drawn from the seed.
+    uniq_salt: u32,
     /// The cause of a batch that found no usable connection for a whole send timeout: built
     /// when the shell reports new connect failures ([`ShardEngine::set_connect_failures`]), and
     /// cloned (reference counts only) into each such batch.
@@ -310,7 +314,8 @@ impl ShardEngine {
         encoder.set_compression(config.compression);
         encoder.set_format(config.format);
         let wall_clock = (now, config.start_unix_ms);
-        let rng = fastrand::Rng::with_seed(config.seed);
+        let mut rng = fastrand::Rng::with_seed(config.seed);
+        let uniq_salt = rng.u32(..);
         let wid = config.wid;
         let plan = config.plan;
         let write_buffers = BufferPool::new(plan.write_buffer_len, plan.write_buffers);
@@ -353,6 +358,7 @@ impl ShardEngine {
             rng,
             mid_buf: String::new(),
             wall_clock,
+            uniq_salt,
             no_endpoints: Error::no_endpoints(ConnectFailures::default()),
         }
     }
@@ -490,7 +496,7 @@ impl ShardEngine {
             dt_ms,
             mid: &self.mid_buf,
             wid: self.config.wid,
-            uniq: uniq_of(id),
+            uniq: uniq_of(id, self.uniq_salt),
         };
         let records = batch.body.count();
         let payload_bytes = batch.body.payload_bytes() as u64;
@@ -715,7 +721,8 @@ impl ShardEngine {
         let id = if let Some(uniq) = reply.uniq {
             // The batch sent on this connection whose uniq it is (uniqs repeat only 2^32
             // batches apart).
-            Self::take_sent(conn, |id| uniq_of(id) == uniq)
+            let salt = self.uniq_salt;
+            Self::take_sent(conn, |id| uniq_of(id, salt) == uniq)
         } else if let Some(mid) = reply.mid {
             let id = std::str::from_utf8(mid)
                 .ok()
