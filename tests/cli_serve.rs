@@ -381,3 +381,71 @@ fn serve_sink_flags_delay_and_fail_sink_acknowledged_type_7_frames() {
     assert!(summary.contains(r#""records":0,"#) && summary.contains(r#""errors":1,"#), "{summary}");
     assert!(server.0.wait().unwrap().success());
 }
+
+/// The attribute string without the keys whose values depend on the time or the host.
+fn timeless(attrs: &str) -> Vec<&str> {
+    attrs
+        .split('&')
+        .filter(|pair| !["rt=", "rtms=", "dpIp="].iter().any(|key| pair.starts_with(key)))
+        .collect()
+}
+
+#[test]
+fn serve_answers_the_java_sdks_captured_frames_as_the_real_dataproxy_did() {
+    let data = concat!(env!("CARGO_MANIFEST_DIR"), "/crates/inlong-dataproxy-testkit/tests/data");
+    let frames = std::fs::read(format!("{data}/java-sdk-frames.bin")).unwrap();
+    let verdicts =
+        std::fs::read_to_string(format!("{data}/java-sdk-frames.verdicts.jsonl")).unwrap();
+    let (server, rx) = serve(&[]);
+    let url = rx.recv_timeout(TIMEOUT).expect("first line");
+    let addr = node_addrs(&url).remove(0);
+    let mut rest = &frames[..];
+    let mut replayed = 0;
+    for line in verdicts.lines() {
+        let verdict: serde_json::Value = serde_json::from_str(line).unwrap();
+        let len = split_frame(rest, usize::MAX).unwrap().expect("a whole frame");
+        let (frame, tail) = rest.split_at(len);
+        rest = tail;
+        // Each frame on a connection of its own, as the reference was recorded.
+        let mut stream = TcpStream::connect(&addr).unwrap();
+        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+        stream.write_all(frame).unwrap();
+        let expected = &verdict["replies"][0];
+        let mut head = [0u8; 4];
+        stream.read_exact(&mut head).unwrap();
+        let mut reply = head.to_vec();
+        reply.resize(4 + u32::from_be_bytes(head) as usize, 0);
+        stream.read_exact(&mut reply[4..]).unwrap();
+        let context = format!("frame {} (type {:#04x})", verdict["frame"], frame[4]);
+        assert_eq!(u64::from(reply[4]), expected["msgType"].as_u64().unwrap(), "{context}");
+        match reply[4] {
+            7 => {
+                let uniq = u32::from_be_bytes(reply[5..9].try_into().unwrap());
+                assert_eq!(u64::from(uniq), expected["uniq"].as_u64().unwrap(), "{context}");
+                let attr_len = usize::from(u16::from_be_bytes([reply[9], reply[10]]));
+                let attrs = std::str::from_utf8(&reply[11..11 + attr_len]).unwrap();
+                let reference = expected["attrs"].as_str().unwrap();
+                assert_eq!(timeless(attrs), timeless(reference), "{context}");
+                assert_eq!(&reply[reply.len() - 2..], &[0xee, 0x01], "{context}: magic");
+            }
+            8 => {
+                // Version echoed, bodyLen 2, load 0xFFFF, no attributes, magic.
+                assert_eq!(reply[9], 2, "{context}: the Java SDK's version");
+                assert_eq!(&reply[10..], &[0, 0, 0, 2, 0xff, 0xff, 0, 0, 0xee, 0x01], "{context}");
+            }
+            _ => {
+                // A txt reply (types 3 and 5 here): bodyLen, body '2', attrLen, attrs.
+                let body_len = u32::from_be_bytes(reply[5..9].try_into().unwrap()) as usize;
+                assert_eq!(&reply[9..9 + body_len], b"2", "{context}");
+                let attrs = std::str::from_utf8(&reply[13 + body_len..]).unwrap();
+                assert!(!attrs.contains("errCode"), "{context}: {attrs}");
+                let reference = expected["attrs"].as_str().unwrap();
+                assert_eq!(timeless(attrs), timeless(reference), "{context}");
+            }
+        }
+        replayed += 1;
+    }
+    assert!(rest.is_empty());
+    assert_eq!(replayed, 16, "every captured frame");
+    drop(server);
+}

@@ -1001,7 +1001,7 @@ fn scenarios() -> Vec<Scenario> {
             close: Close::Blocking(bound * 4),
             expect: backlog_failed,
         },
-        // (15) The MQ behind the node fails: sink codes 116–119 (sink acknowledgement only;
+        // (17) The MQ behind the node fails: sink codes 116–119 (sink acknowledgement only;
         // on the other protocols nothing asks the sink and the row is a plain run).
         Scenario {
             name: "MQ sink fails 116-119",
@@ -1033,7 +1033,7 @@ fn scenarios() -> Vec<Scenario> {
             close,
             expect: DELIVERED,
         },
-        // (16) The MQ is slower than the send timeout for the middle third of the run: attempts
+        // (18) The MQ is slower than the send timeout for the middle third of the run: attempts
         // time out and are retried, late answers of superseded attempts count once.
         Scenario {
             name: "MQ sink slower than send_timeout",
