@@ -228,6 +228,11 @@ pub struct Records<'a> {
 
 impl<'a> Records<'a> {
     fn new(body: &'a [u8], layout: Layout) -> Records<'a> {
+        if layout == Layout::Lines {
+            // Every line of the body, the last one even when empty (an empty body is one empty
+            // record).
+            return Records { rest: &[], layout, lines: Some(body) };
+        }
         Records { rest: body, layout, lines: None }
     }
 
@@ -291,12 +296,7 @@ impl<'a> Iterator for Records<'a> {
                 }
                 self.lines = Some(self.next_entry()?);
             },
-            Layout::Lines => {
-                if self.lines.is_none() && !self.rest.is_empty() {
-                    self.lines = Some(std::mem::take(&mut self.rest));
-                }
-                next_line(&mut self.lines)
-            }
+            Layout::Lines => next_line(&mut self.lines),
             Layout::Whole => (!self.rest.is_empty()).then(|| std::mem::take(&mut self.rest)),
         }
     }
@@ -502,14 +502,10 @@ fn decode_text<'a>(frame: &'a [u8], mode: IngestMode, scratch: &'a mut Vec<u8>) 
             batch.records = if is_pb {
                 Records::new(body, Layout::Whole)
             } else {
-                let body = body.strip_suffix(b"\n").unwrap_or(body);
-                let body = body.strip_suffix(b"\r").unwrap_or(body);
-                // An empty body after stripping is still one (empty) record.
-                if body.is_empty() {
-                    batch.count = 1;
-                    batch.payload_bytes = 0;
-                    return Request::Batch(batch);
-                }
+                // One trailing `\r\n` or `\n` (a lone `\r` stays); what is left, even
+                // nothing, is the records.
+                let body =
+                    body.strip_suffix(b"\r\n").or_else(|| body.strip_suffix(b"\n")).unwrap_or(body);
                 Records::new(body, Layout::Lines)
             };
         }
@@ -1177,6 +1173,13 @@ mod tests {
             (2, b"one\r\n", vec![&b"one"[..]]),
             (3, b"keep\n\n", vec![&b"keep"[..], b""]),
             (4, b"x", vec![&b"x"[..]]),
+            // A lone `\r` is not a line end (found by the `server_frame` fuzz target: it was
+            // stripped, and the record count disagreed with the records).
+            (4, b"\r", vec![&b"\r"[..]]),
+            (2, b"a\r", vec![&b"a\r"[..]]),
+            // Nothing left after the strip: one empty record.
+            (3, b"\n", vec![&b""[..]]),
+            (3, b"\r\n", vec![&b""[..]]),
         ] {
             let f = txt_frame(msg_type, "groupId=g&streamId=s", body);
             let b = batch(&f);
