@@ -261,6 +261,31 @@ fn bench_prints_a_table_by_default() {
 }
 
 #[test]
+fn bench_splits_the_records_across_sending_threads_and_speaks_msg_type_7() {
+    let output = run(&[
+        "bench",
+        "--records",
+        "10001",
+        "--threads",
+        "3",
+        "--streams",
+        "4",
+        "--msg-type",
+        "7",
+        "--ack",
+        "sink",
+        "--json",
+    ]);
+    assert!(output.status.success(), "{}", output.stderr);
+    let summary = json_summary(&output);
+    assert_eq!(summary["records"], 10_001);
+    assert_eq!(summary["acked"], 10_001);
+    let output = run(&["bench", "--records", "10", "--ack", "sink", "--json"]);
+    assert!(!output.status.success());
+    assert!(output.stderr.contains("needs msg_type 7"), "{}", output.stderr);
+}
+
+#[test]
 fn bench_runs_for_a_duration_at_a_rate() {
     let output = run(&["bench", "--duration", "1", "--rate", "2000", "--json"]);
     assert!(output.status.success(), "{}", output.stderr);

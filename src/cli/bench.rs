@@ -83,6 +83,10 @@ pub struct BenchArgs {
     /// Target records per second (0 = as fast as possible).
     #[arg(long, value_name = "RECORDS_PER_SEC", default_value_t = 0)]
     rate: u64,
+    /// Application threads sending at once, the records split evenly across them (each sends
+    /// every N-th record, paced at `--rate / N`).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    threads: u16,
     /// Shard threads [default: the library's, the CPUs this process may use].
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
     shards: Option<u16>,
@@ -218,24 +222,49 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode, String> {
                     report_progress(&bar, producer, progress, started, by_time)
                 })
         });
-        let load = Load {
-            producer: &producer,
-            streams: &streams,
-            payloads: &payloads,
-            limit,
-            deadline: args.duration.map(|duration| started + duration),
-            rate: args.rate,
-            started,
-            interrupts: &interrupts,
-        };
-        let outcome = load.run(&progress);
+        let threads = u64::from(args.threads);
+        let senders: Vec<_> = (0..threads)
+            .map(|thread| {
+                let load = Load {
+                    producer: &producer,
+                    streams: &streams,
+                    payloads: &payloads,
+                    // This thread's share: records thread, thread + N, thread + 2N, ...
+                    limit: if limit == u64::MAX {
+                        u64::MAX
+                    } else {
+                        limit / threads + u64::from(thread < limit % threads)
+                    },
+                    first: thread,
+                    deadline: args.duration.map(|duration| started + duration),
+                    rate: args.rate / threads + u64::from(thread < args.rate % threads),
+                    started,
+                    interrupts: &interrupts,
+                };
+                let progress = &progress;
+                std::thread::Builder::new()
+                    .name(format!("bench-send-{thread}"))
+                    .spawn_scoped(scope, move || load.run(progress))
+            })
+            .collect();
+        let mut outcome = (0, DeliveryRing::new(RING_CAPACITY), DeliveryTally::new());
+        for sender in senders {
+            let (sent, mut ring, tally) = sender
+                .map_err(|e| format!("cannot start a sending thread: {e}"))?
+                .join()
+                .map_err(|_| "a sending thread panicked".to_owned())?;
+            outcome.0 += sent;
+            outcome.2.merge(tally);
+            // Futures left after a signal: resolved by the close below.
+            ring.drain_into(&mut outcome.1);
+        }
         progress.done.store(true, Ordering::Release);
         if let Some(Ok(reporter)) = reporter {
             reporter.thread().unpark();
             let _ = reporter.join();
         }
-        outcome
-    });
+        Ok::<_, String>(outcome)
+    })?;
     let stopped_by = interrupts.signal();
     if let Some(signal) = stopped_by {
         announce(signal.name(), interrupts.close_timeout());
@@ -302,10 +331,12 @@ struct Load<'a> {
     producer: &'a Producer,
     streams: &'a [StreamId],
     payloads: &'a [Bytes],
-    /// Records to send (`u64::MAX` with a deadline).
+    /// Records this thread sends (`u64::MAX` with a deadline).
     limit: u64,
+    /// Index of this thread's first record in the stream and payload rotation.
+    first: u64,
     deadline: Option<Instant>,
-    /// Records per second, 0 = unthrottled.
+    /// This thread's records per second, 0 = unthrottled.
     rate: u64,
     started: Instant,
     /// Checked before every record: a signal ends the loop.
@@ -322,10 +353,23 @@ impl Load<'_> {
         // The clock is read every `check_every` records: often enough to pace ~1000 times a
         // second, rarely enough to cost nothing when unthrottled.
         let check_every = if self.rate == 0 { 1024 } else { (self.rate / 1000).clamp(1, 1024) };
-        let (mut stream, mut payload, mut until_check) = (0, 0, 0);
+        // Threads start at different places of the rotations, so together they send what one
+        // thread would.
+        let first = usize::try_from(self.first).unwrap_or(0);
+        let (mut stream, mut payload, mut until_check) =
+            (first % self.streams.len(), first % self.payloads.len(), 0);
         let mut sent = 0u64;
+        // Published to the progress counters at every clock check, not per record: one cache
+        // line written by every sending thread per record would be measured too.
+        let (mut published_sent, mut published_failed) = (0u64, 0u64);
+        let mut publish = |sent: u64, failed: u64| {
+            progress.sent.fetch_add(sent - published_sent, Ordering::Relaxed);
+            progress.failed.fetch_add(failed - published_failed, Ordering::Relaxed);
+            (published_sent, published_failed) = (sent, failed);
+        };
         while sent < self.limit && self.interrupts.signal().is_none() {
             if until_check == 0 {
+                publish(sent, tally.failed);
                 if self.deadline.is_some_and(|deadline| Instant::now() >= deadline) {
                     break;
                 }
@@ -343,15 +387,14 @@ impl Load<'_> {
                 Err(error) => tally.fail(&error),
             }
             sent += 1;
-            progress.sent.store(sent, Ordering::Relaxed);
-            progress.failed.store(tally.failed, Ordering::Relaxed);
         }
+        publish(sent, tally.failed);
         if self.interrupts.signal().is_none() {
             // The drain below is authoritative: every future resolves within its attempts, so a
             // flush that times out only means the waiting continues there.
             let _ = self.producer.flush_blocking(FLUSH_WAIT);
             ring.drain(&mut tally);
-            progress.failed.store(tally.failed, Ordering::Relaxed);
+            publish(sent, tally.failed);
         }
         (sent, ring, tally)
     }

@@ -225,6 +225,18 @@ impl DeliveryTally {
         micros / 1000.0
     }
 
+    /// Adds `other`'s counts (another sending thread's) to this tally.
+    pub fn merge(&mut self, other: DeliveryTally) {
+        self.acked += other.acked;
+        self.failed += other.failed;
+        self.undelivered += other.undelivered;
+        for (code, (count, first)) in other.errors {
+            self.errors.entry(code).or_insert((0, first)).0 += count;
+        }
+        // Both histograms have the bounds of `new`, so adding cannot fail.
+        let _ = self.latency_us.add(&other.latency_us);
+    }
+
     /// Prints each distinct error once, with how many records failed with it, on stderr.
     pub fn print_errors(&self) {
         for (code, (count, first)) in &self.errors {
@@ -257,6 +269,12 @@ impl DeliveryRing {
             }
         }
         self.futures.push_back(future);
+    }
+
+    /// Moves every future left into `other` (unbounded: nothing is waited for).
+    pub fn drain_into(&mut self, other: &mut DeliveryRing) {
+        other.capacity = other.capacity.max(other.futures.len() + self.futures.len());
+        other.futures.extend(self.futures.drain(..));
     }
 
     /// Waits for every future left and counts it.
