@@ -6,6 +6,11 @@
 //!   count-only mode, against encoding the same records into frames with the codec alone on one
 //!   thread (no API, no I/O: what the producer adds on top of the codec is the difference).
 //!
+//! - the send path under contention: N application threads × M shards sending 100 000 records
+//!   (16 streams, compression off, a count-only node) and flushing, for N in 1, 2, 4 and M in 1,
+//!   2: how the per-record path (budget, shard routing, the shard's accumulator lock) scales
+//!   with the senders.
+//!
 //! `cargo bench --bench producer`.
 
 use std::hint::black_box;
@@ -77,8 +82,11 @@ fn end_to_end(c: &mut Criterion) {
     group.throughput(Throughput::Elements(RECORDS));
     group.sample_size(10);
     group.measurement_time(Duration::from_secs(5));
+    // What the producer sent, for the check at the end (nothing when a filter skips the cell).
+    let sent = std::cell::Cell::new(0u64);
     group.bench_function("producer: send + flush, local node", |b| {
         b.iter(|| {
+            sent.set(sent.get() + RECORDS);
             for i in 0..RECORDS {
                 let payload = payloads[i as usize % payloads.len()].clone();
                 let delivery = producer
@@ -117,8 +125,68 @@ fn end_to_end(c: &mut Criterion) {
     });
     group.finish();
     producer.close_blocking(Duration::from_secs(10)).expect("close");
-    assert!(cluster.stats().records >= RECORDS, "the node counted what was sent");
+    assert!(cluster.stats().records >= sent.get(), "the node counted what was sent");
 }
 
-criterion_group!(benches, completion, end_to_end);
+fn contention(c: &mut Criterion) {
+    let cluster = LocalCluster::builder()
+        .node_config(NodeConfig {
+            ingest_mode: IngestMode::CountOnly,
+            dedup_window: 0,
+            ..NodeConfig::default()
+        })
+        .start()
+        .expect("local cluster");
+    let payloads: Vec<Bytes> = (0..4096).map(|i| log_line(i, 100)).collect();
+    let streams: Vec<StreamId> = (0..16).map(|i| StreamId::from(format!("stream-{i}"))).collect();
+    let sent = std::cell::Cell::new(0u64);
+    let mut group = c.benchmark_group("send_contention_100B");
+    group.throughput(Throughput::Elements(RECORDS));
+    group.sample_size(10);
+    group.measurement_time(Duration::from_secs(5));
+    for shards in [1, 2] {
+        let producer = Producer::builder()
+            .group_id("test_group")
+            .manager_url(cluster.manager_url())
+            .node_list_cache(false)
+            .shards(shards)
+            .compression(false)
+            .build()
+            .expect("producer");
+        for threads in [1u64, 2, 4] {
+            let name = format!("{threads} thread(s) x {shards} shard(s)");
+            group.bench_function(name, |b| {
+                b.iter(|| {
+                    sent.set(sent.get() + RECORDS);
+                    std::thread::scope(|scope| {
+                        for thread in 0..threads {
+                            let (producer, payloads, streams) = (&producer, &payloads, &streams);
+                            scope.spawn(move || {
+                                // Every `threads`-th record: together, the same records.
+                                let mine = (thread..RECORDS).step_by(threads as usize);
+                                for i in mine {
+                                    let i = i as usize;
+                                    let record = Record::new(
+                                        streams[i % streams.len()].clone(),
+                                        payloads[i % payloads.len()].clone(),
+                                    );
+                                    let delivery = producer
+                                        .send_blocking(record, Duration::from_secs(30))
+                                        .expect("send");
+                                    drop(delivery);
+                                }
+                            });
+                        }
+                    });
+                    producer.flush_blocking(Duration::from_secs(60)).expect("flush");
+                });
+            });
+        }
+        producer.close_blocking(Duration::from_secs(10)).expect("close");
+    }
+    group.finish();
+    assert!(cluster.stats().records >= sent.get(), "the node counted what was sent");
+}
+
+criterion_group!(benches, completion, end_to_end, contention);
 criterion_main!(benches);
