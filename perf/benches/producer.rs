@@ -60,15 +60,20 @@ fn completion(c: &mut Criterion) {
 
 const RECORDS: u64 = 100_000;
 
-fn end_to_end(c: &mut Criterion) {
-    let cluster = LocalCluster::builder()
+/// A local node that trusts each batch's `cnt` and counts no duplicates: the cheapest sink.
+fn count_only_cluster() -> LocalCluster {
+    LocalCluster::builder()
         .node_config(NodeConfig {
             ingest_mode: IngestMode::CountOnly,
             dedup_window: 0,
             ..NodeConfig::default()
         })
         .start()
-        .expect("local cluster");
+        .expect("local cluster")
+}
+
+fn end_to_end(c: &mut Criterion) {
+    let cluster = count_only_cluster();
     let producer = Producer::builder()
         .group_id("test_group")
         .manager_url(cluster.manager_url())
@@ -129,14 +134,7 @@ fn end_to_end(c: &mut Criterion) {
 }
 
 fn contention(c: &mut Criterion) {
-    let cluster = LocalCluster::builder()
-        .node_config(NodeConfig {
-            ingest_mode: IngestMode::CountOnly,
-            dedup_window: 0,
-            ..NodeConfig::default()
-        })
-        .start()
-        .expect("local cluster");
+    let cluster = count_only_cluster();
     let payloads: Vec<Bytes> = (0..4096).map(|i| log_line(i, 100)).collect();
     let streams: Vec<StreamId> = (0..16).map(|i| StreamId::from(format!("stream-{i}"))).collect();
     let sent = std::cell::Cell::new(0u64);

@@ -543,10 +543,6 @@ fn ends_in_partial_length(body: &[u8]) -> bool {
     }
 }
 
-fn read_u16(buf: &[u8], at: usize) -> u16 {
-    u16::from_be_bytes([buf[at], buf[at + 1]])
-}
-
 /// §4.4 for a type 7 frame of at least 29 bytes: the codec's checks (steps 1–5); the handler's
 /// 112 and 121 are left in [`Batch::handler_error`].
 fn decode_bin<'a>(
@@ -555,8 +551,8 @@ fn decode_bin<'a>(
     scratch: &'a mut Vec<u8>,
 ) -> Result<Request<'a>, CloseReason> {
     let type_byte = frame[4];
-    let ext_field = read_u16(frame, 9);
-    let header_cnt = read_u16(frame, 15);
+    let ext_field = protocol::read_u16(frame, 9);
+    let header_cnt = protocol::read_u16(frame, 15);
     let uniq = protocol::read_u32(frame, 17);
     let reply_to = ReplyTo::Bin(uniq);
     let early = |code, err_msg| Ok(Request::Rejected(Rejection::early(reply_to, code, err_msg)));
@@ -572,12 +568,12 @@ fn decode_bin<'a>(
     if 25 + body_len + 2 > frame.len() {
         return Err(FrameError::Inconsistent("type 7 bodyLen points past the frame").into());
     }
-    let attr_len_raw = read_u16(frame, 25 + body_len);
+    let attr_len_raw = protocol::read_u16(frame, 25 + body_len);
     if attr_len_raw > i16::MAX as u16 {
         return early(ATTR_LENGTH_LESS_ZERO, None);
     }
     let attr_len = usize::from(attr_len_raw);
-    let magic = read_u16(frame, frame.len() - 2);
+    let magic = protocol::read_u16(frame, frame.len() - 2);
     if magic != BIN_MAGIC {
         return early(FIELD_MAGIC_NOT_EQUAL, Some(format!("Unmatched msg magic({magic:#06x})")));
     }
@@ -602,7 +598,7 @@ fn decode_bin<'a>(
             format!("Unsupported extend field value({ext_field:#06x}): index messages"),
         ))
     } else if ext_field & EXT_FIELD_IDS_AS_STRINGS == 0 {
-        let (group_num, stream_num) = (read_u16(frame, 5), read_u16(frame, 7));
+        let (group_num, stream_num) = (protocol::read_u16(frame, 5), protocol::read_u16(frame, 7));
         Some((
             GROUPID_OR_STREAMID_NOT_CONFIGURE,
             format!("No configure for groupIdNum({group_num}), streamIdNum({stream_num})"),
@@ -665,11 +661,11 @@ fn decode_bin_heartbeat(frame: &[u8]) -> Result<Request<'_>, CloseReason> {
     else {
         return Err(FrameError::Inconsistent("type 8 bodyLen points past the frame").into());
     };
-    let attr_len = usize::from(read_u16(frame, attr_len_at));
+    let attr_len = usize::from(protocol::read_u16(frame, attr_len_at));
     if attr_len_at + 2 + attr_len + 2 != frame.len() {
         return Err(FrameError::Inconsistent("type 8 lengths do not add up").into());
     }
-    if read_u16(frame, frame.len() - 2) != BIN_MAGIC {
+    if protocol::read_u16(frame, frame.len() - 2) != BIN_MAGIC {
         return Err(FrameError::Inconsistent("type 8 magic is not 0xEE01").into());
     }
     let attrs = &frame[attr_len_at + 2..attr_len_at + 2 + attr_len];

@@ -553,7 +553,7 @@ fn attr_len(header: &BatchHeader<'_>, count: u32, compressed: bool, cols: &AddCo
 mod tests {
     use super::super::tests::hex;
     use super::*;
-    use crate::protocol::read_u32;
+    use crate::protocol::{read_u16, read_u32};
 
     const HEADER: BatchHeader<'static> = BatchHeader {
         group_id: "test_group",
@@ -783,12 +783,12 @@ mod tests {
         assert_eq!(read_u32(frame, 0) as usize, frame.len() - 4, "totalLen");
         assert_eq!(&frame[5..11], &[0, 0, 0, 0, 0, 4], "string IDs, extField 0x0004");
         let body_len = read_u32(frame, 21) as usize;
-        let attr_len = u16::from_be_bytes([frame[25 + body_len], frame[26 + body_len]]) as usize;
+        let attr_len = usize::from(read_u16(frame, 25 + body_len));
         assert_eq!(29 + body_len + attr_len, frame.len());
         assert_eq!(&frame[frame.len() - 2..], &[0xee, 0x01], "magic");
         (
             frame[4],
-            u16::from_be_bytes([frame[15], frame[16]]),
+            read_u16(frame, 15),
             read_u32(frame, 17),
             &frame[25..25 + body_len],
             std::str::from_utf8(&frame[27 + body_len..27 + body_len + attr_len]).unwrap(),

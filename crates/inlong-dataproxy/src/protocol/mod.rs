@@ -116,6 +116,13 @@ pub fn read_u32(buf: &[u8], at: usize) -> u32 {
     u32::from_be_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]])
 }
 
+/// Reads a big-endian `u16` at `at` (the binary frames' short fields); the caller has checked
+/// the bounds.
+#[inline]
+pub fn read_u16(buf: &[u8], at: usize) -> u16 {
+    u16::from_be_bytes([buf[at], buf[at + 1]])
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;

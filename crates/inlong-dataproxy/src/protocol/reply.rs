@@ -9,8 +9,8 @@
 //! absent `errCode` means success.
 
 use super::{
-    read_u32, BIN_MAGIC, MSG_TYPE_BIN_HEARTBEAT, MSG_TYPE_BIN_MULTI_BODY, MSG_TYPE_HEARTBEAT,
-    MSG_TYPE_MULTI_BODY,
+    read_u16, read_u32, BIN_MAGIC, MSG_TYPE_BIN_HEARTBEAT, MSG_TYPE_BIN_MULTI_BODY,
+    MSG_TYPE_HEARTBEAT, MSG_TYPE_MULTI_BODY,
 };
 
 /// Why a byte stream or frame cannot be decoded. The connection it came from must be closed.
@@ -137,7 +137,7 @@ pub fn decode_reply(frame: &[u8]) -> Result<Reply<'_>, FrameError> {
 }
 
 fn check_magic(frame: &[u8]) -> Result<(), FrameError> {
-    let magic = u16::from_be_bytes([frame[frame.len() - 2], frame[frame.len() - 1]]);
+    let magic = read_u16(frame, frame.len() - 2);
     if magic == BIN_MAGIC {
         Ok(())
     } else {
@@ -151,7 +151,7 @@ fn decode_bin_reply(frame: &[u8]) -> Result<BatchReply<'_>, FrameError> {
     if frame.len() < FIXED {
         return Err(FrameError::TooShort { frame_len: frame.len(), msg_type: frame[4] });
     }
-    let attr_len = usize::from(u16::from_be_bytes([frame[9], frame[10]]));
+    let attr_len = usize::from(read_u16(frame, 9));
     if FIXED + attr_len != frame.len() {
         return Err(FrameError::Inconsistent("attrLen does not end the frame"));
     }
@@ -182,7 +182,7 @@ fn check_bin_heartbeat_reply(frame: &[u8]) -> Result<(), FrameError> {
         .checked_add(body_len)
         .filter(|at| at + 4 <= frame.len())
         .ok_or(FrameError::Inconsistent("bodyLen runs past the frame"))?;
-    let attr_len = usize::from(u16::from_be_bytes([frame[attr_len_at], frame[attr_len_at + 1]]));
+    let attr_len = usize::from(read_u16(frame, attr_len_at));
     if attr_len_at + 2 + attr_len + 2 != frame.len() {
         return Err(FrameError::Inconsistent("attrLen does not end the frame"));
     }
