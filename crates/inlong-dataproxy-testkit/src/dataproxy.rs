@@ -277,12 +277,18 @@ impl DuplicateDetector {
 
     /// Records one accepted batch; true when its `(group, mid)` was seen before.
     pub fn is_duplicate(&self, group: &str, mid: &str) -> bool {
+        self.seen_before((group, mid))
+    }
+
+    /// Records one accepted batch by whatever identifies it across its retries; true when the
+    /// same identity was seen before.
+    fn seen_before(&self, identity: impl Hash) -> bool {
         let mut window = lock(&self.inner);
         if window.capacity == 0 {
             return false;
         }
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        (group, mid).hash(&mut hasher);
+        identity.hash(&mut hasher);
         let key = hasher.finish();
         if !window.seen.insert(key) {
             return true;
@@ -735,11 +741,19 @@ fn sink_message(code: i32) -> String {
     }
 }
 
+/// What identifies a batch across its retries, for the duplicate count.
+enum Identity<'b> {
+    /// A txt frame's `mid` (within its group).
+    Mid(Cow<'b, str>),
+    /// A type 7 frame's `uniq` (within its group and stream).
+    Uniq(u32),
+}
+
 /// What an accepted frame adds to the node's counters, owned when it waits for the sink.
 struct Stored<'b> {
     group: Cow<'b, str>,
     stream: Cow<'b, str>,
-    mid: Option<Cow<'b, str>>,
+    identity: Option<Identity<'b>>,
     count: u32,
     payload_bytes: u64,
     /// The records, when the node keeps a ledger.
@@ -764,14 +778,14 @@ impl<'b> Stored<'b> {
         // What identifies a batch across its retries: its `mid` (txt frames, as the Go SDK and
         // this one write it), or a type 7 frame's `uniq` within its stream (a retry resends the
         // same frame; a stream's batches come from one sender's shard).
-        let mid = match batch.reply_to {
-            ReplyTo::Bin(uniq) => Some(Cow::Owned(format!("uniq={uniq}&streamId={stream}"))),
-            ReplyTo::Text(_) => batch.attr("mid").map(Cow::Borrowed),
+        let identity = match batch.reply_to {
+            ReplyTo::Bin(uniq) => Some(Identity::Uniq(uniq)),
+            ReplyTo::Text(_) => batch.attr("mid").map(|mid| Identity::Mid(Cow::Borrowed(mid))),
         };
         Stored {
             group: Cow::Borrowed(batch.attr("groupId").unwrap_or_default()),
             stream: Cow::Borrowed(stream),
-            mid,
+            identity,
             count: batch.count,
             payload_bytes: batch.payload_bytes,
             ledger,
@@ -782,7 +796,10 @@ impl<'b> Stored<'b> {
         Stored {
             group: Cow::Owned(self.group.into_owned()),
             stream: Cow::Owned(self.stream.into_owned()),
-            mid: self.mid.map(|mid| Cow::Owned(mid.into_owned())),
+            identity: self.identity.map(|identity| match identity {
+                Identity::Mid(mid) => Identity::Mid(Cow::Owned(mid.into_owned())),
+                Identity::Uniq(uniq) => Identity::Uniq(uniq),
+            }),
             ..self
         }
     }
@@ -885,10 +902,15 @@ impl NodeState {
                 self.streams.insert(stream.to_owned(), u64::from(stored.count));
             }
         }
-        if let Some(mid) = &stored.mid {
-            if duplicates.is_duplicate(&stored.group, mid) {
-                self.stats.duplicates += 1;
+        let duplicate = match &stored.identity {
+            Some(Identity::Mid(mid)) => duplicates.is_duplicate(&stored.group, mid),
+            Some(Identity::Uniq(uniq)) => {
+                duplicates.seen_before((&*stored.group, &*stored.stream, *uniq))
             }
+            None => false,
+        };
+        if duplicate {
+            self.stats.duplicates += 1;
         }
         if let Some(records) = &stored.ledger {
             self.ledger.entry(stream.to_owned()).or_default().extend(records.iter().cloned());
