@@ -286,6 +286,28 @@ fn bench_splits_the_records_across_sending_threads_and_speaks_msg_type_7() {
 }
 
 #[test]
+fn bench_sends_with_send_batch_calls() {
+    // 10001 records in calls of 300 from 2 threads: the last call of each thread is shorter.
+    let output = run(&[
+        "bench",
+        "--records",
+        "10001",
+        "--threads",
+        "2",
+        "--send-batch",
+        "300",
+        "--streams",
+        "3",
+        "--json",
+    ]);
+    assert!(output.status.success(), "{}", output.stderr);
+    let summary = json_summary(&output);
+    assert_eq!(summary["records"], 10_001);
+    assert_eq!(summary["acked"], 10_001);
+    assert_eq!(summary["failed"], 0);
+}
+
+#[test]
 fn bench_runs_for_a_duration_at_a_rate() {
     let output = run(&["bench", "--duration", "1", "--rate", "2000", "--json"]);
     assert!(output.status.success(), "{}", output.stderr);

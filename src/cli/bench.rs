@@ -87,6 +87,11 @@ pub struct BenchArgs {
     /// every N-th record, paced at `--rate / N`).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1024))]
     threads: u16,
+    /// Send with `Producer::send_batch`, this many records of one stream per call (0: one
+    /// `send_blocking` per record). A call that finds no room waits for this thread's oldest
+    /// call, then tries again.
+    #[arg(long, value_name = "RECORDS", default_value_t = 0)]
+    send_batch: usize,
     /// Shard threads [default: the library's, the CPUs this process may use].
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
     shards: Option<u16>,
@@ -240,6 +245,7 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode, String> {
                     rate: args.rate / threads + u64::from(thread < args.rate % threads),
                     started,
                     interrupts: &interrupts,
+                    send_batch: args.send_batch,
                 };
                 let progress = &progress;
                 std::thread::Builder::new()
@@ -341,6 +347,8 @@ struct Load<'a> {
     started: Instant,
     /// Checked before every record: a signal ends the loop.
     interrupts: &'a Interrupts,
+    /// Records per `send_batch` call (0: per-record sends).
+    send_batch: usize,
 }
 
 impl Load<'_> {
@@ -359,6 +367,7 @@ impl Load<'_> {
         let (mut stream, mut payload, mut until_check) =
             (first % self.streams.len(), first % self.payloads.len(), 0);
         let mut sent = 0u64;
+        let mut batch: Vec<Bytes> = Vec::with_capacity(self.send_batch);
         // Published to the progress counters at every clock check, not per record: one cache
         // line written by every sending thread per record would be measured too.
         let (mut published_sent, mut published_failed) = (0u64, 0u64);
@@ -377,6 +386,24 @@ impl Load<'_> {
                 until_check = check_every;
             }
             until_check -= 1;
+            if self.send_batch > 0 {
+                let records =
+                    self.send_batch.min(usize::try_from(self.limit - sent).unwrap_or(usize::MAX));
+                let stream_id = &self.streams[stream];
+                stream = if stream + 1 == self.streams.len() { 0 } else { stream + 1 };
+                batch.clear();
+                for _ in 0..records {
+                    batch.push(self.payloads[payload].clone());
+                    payload = if payload + 1 == self.payloads.len() { 0 } else { payload + 1 };
+                }
+                if !self.send_one_batch(stream_id, &batch, &mut ring, &mut tally) {
+                    break;
+                }
+                sent += records as u64;
+                // One clock check per call of this many records at most.
+                until_check = until_check.saturating_sub(records as u64 - 1);
+                continue;
+            }
             let record = Record::new(self.streams[stream].clone(), self.payloads[payload].clone());
             stream = if stream + 1 == self.streams.len() { 0 } else { stream + 1 };
             payload = if payload + 1 == self.payloads.len() { 0 } else { payload + 1 };
@@ -397,6 +424,43 @@ impl Load<'_> {
             publish(sent, tally.failed);
         }
         (sent, ring, tally)
+    }
+
+    /// One `send_batch` call, waiting for this thread's oldest calls while the producer has no
+    /// room for it; false when a signal's close refused it (never sent, so not counted).
+    fn send_one_batch(
+        &self,
+        stream: &StreamId,
+        batch: &[Bytes],
+        ring: &mut DeliveryRing,
+        tally: &mut DeliveryTally,
+    ) -> bool {
+        let records = batch.len() as u64;
+        let mut waited_since: Option<Instant> = None;
+        loop {
+            match self.producer.send_batch(stream, batch) {
+                Ok(future) => {
+                    ring.push_batch(future, records, tally);
+                    return true;
+                }
+                Err(Error::QueueFull) => {
+                    // Room comes back as this thread's calls (or other threads') resolve.
+                    let since = *waited_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= SEND_WAIT {
+                        tally.fail_n(&Error::QueueFullTimeout { waited: since.elapsed() }, records);
+                        return true;
+                    }
+                    if !ring.resolve_oldest(tally) {
+                        std::thread::sleep(Duration::from_micros(100));
+                    }
+                }
+                Err(Error::ProducerClosed) if self.interrupts.signal().is_some() => return false,
+                Err(error) => {
+                    tally.fail_n(&error, records);
+                    return true;
+                }
+            }
+        }
     }
 
     /// With `--rate`, sleeps (in steps of at most 5 ms, never spinning) until record `sent` is due.

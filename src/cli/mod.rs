@@ -20,7 +20,10 @@ use std::task::{Context, Poll, Waker};
 
 use clap::{Parser, Subcommand};
 use hdrhistogram::Histogram;
-use inlong_dataproxy::{Ack, DeliveryFuture, DeliveryReport, Error, MsgType, ProducerBuilder};
+use inlong_dataproxy::{
+    Ack, BatchDeliveryFuture, BatchDeliveryReport, DeliveryFuture, DeliveryReport, Error, MsgType,
+    ProducerBuilder,
+};
 
 /// A fast client SDK for Apache InLong DataProxy, and a local DataProxy + Manager to try it on.
 #[derive(Debug, Parser)]
@@ -201,17 +204,36 @@ impl DeliveryTally {
         }
     }
 
+    /// Counts the result of one `send_batch` call of `records` records (acked ones at the
+    /// call's longest batch latency).
+    pub fn count_batch(&mut self, result: Result<BatchDeliveryReport, Error>, records: u64) {
+        match result {
+            Ok(report) => self.ack_n(report.max_latency, records),
+            Err(Error::FlushTimeout { .. }) => self.undelivered += records,
+            Err(error) => self.fail_n(&error, records),
+        }
+    }
+
     /// Counts one acked record, delivered `latency` after it was sent.
     pub fn ack(&mut self, latency: std::time::Duration) {
-        self.acked += 1;
+        self.ack_n(latency, 1);
+    }
+
+    fn ack_n(&mut self, latency: std::time::Duration, records: u64) {
+        self.acked += records;
         let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
-        self.latency_us.saturating_record(micros.max(1));
+        self.latency_us.saturating_record_n(micros.max(1), records);
     }
 
     /// Counts one failed record.
     pub fn fail(&mut self, error: &Error) {
-        self.failed += 1;
-        self.errors.entry(error.code()).or_insert_with(|| (0, error.to_string())).0 += 1;
+        self.fail_n(error, 1);
+    }
+
+    /// Counts `records` records failed with `error`.
+    pub fn fail_n(&mut self, error: &Error, records: u64) {
+        self.failed += records;
+        self.errors.entry(error.code()).or_insert_with(|| (0, error.to_string())).0 += records;
     }
 
     /// The latency at `quantile` (0..=1) in milliseconds; 0 when nothing was acked.
@@ -250,8 +272,15 @@ impl DeliveryTally {
 /// or channel per record.
 #[derive(Debug)]
 pub struct DeliveryRing {
-    futures: VecDeque<DeliveryFuture>,
+    futures: VecDeque<Pending>,
     capacity: usize,
+}
+
+/// One future in a [`DeliveryRing`]: of one record, or of one `send_batch` call's records.
+#[derive(Debug)]
+enum Pending {
+    One(DeliveryFuture),
+    Many(BatchDeliveryFuture, u64),
 }
 
 impl DeliveryRing {
@@ -263,12 +292,34 @@ impl DeliveryRing {
 
     /// Adds a future; when the ring is full, first waits for the oldest and counts it.
     pub fn push(&mut self, future: DeliveryFuture, tally: &mut DeliveryTally) {
+        self.push_pending(Pending::One(future), tally);
+    }
+
+    /// [`DeliveryRing::push`] for the future of a `send_batch` call of `records` records.
+    pub fn push_batch(
+        &mut self,
+        future: BatchDeliveryFuture,
+        records: u64,
+        tally: &mut DeliveryTally,
+    ) {
+        self.push_pending(Pending::Many(future, records), tally);
+    }
+
+    fn push_pending(&mut self, pending: Pending, tally: &mut DeliveryTally) {
         if self.futures.len() >= self.capacity {
-            if let Some(oldest) = self.futures.pop_front() {
-                tally.count(resolve(oldest));
-            }
+            self.resolve_oldest(tally);
         }
-        self.futures.push_back(future);
+        self.futures.push_back(pending);
+    }
+
+    /// Waits for the oldest future and counts it; false when there is none.
+    pub fn resolve_oldest(&mut self, tally: &mut DeliveryTally) -> bool {
+        match self.futures.pop_front() {
+            Some(Pending::One(future)) => tally.count(resolve(future)),
+            Some(Pending::Many(future, records)) => tally.count_batch(resolve(future), records),
+            None => return false,
+        }
+        true
     }
 
     /// Moves every future left into `other` (unbounded: nothing is waited for).
@@ -279,15 +330,13 @@ impl DeliveryRing {
 
     /// Waits for every future left and counts it.
     pub fn drain(&mut self, tally: &mut DeliveryTally) {
-        while let Some(future) = self.futures.pop_front() {
-            tally.count(resolve(future));
-        }
+        while self.resolve_oldest(tally) {}
     }
 }
 
 /// The future's result: taken without a waker when it is already known (the common case in a
-/// full ring, and free of the allocation [`DeliveryFuture::wait`] makes), waited for otherwise.
-fn resolve(mut future: DeliveryFuture) -> Result<DeliveryReport, Error> {
+/// full ring, and free of the allocation a wait makes), waited for otherwise.
+fn resolve<F: Resolvable>(mut future: F) -> F::Output {
     if future.is_resolved() {
         let mut cx = Context::from_waker(Waker::noop());
         if let Poll::Ready(result) = Pin::new(&mut future).poll(&mut cx) {
@@ -295,6 +344,30 @@ fn resolve(mut future: DeliveryFuture) -> Result<DeliveryReport, Error> {
         }
     }
     future.wait()
+}
+
+/// The two delivery futures, as [`resolve`] uses them.
+trait Resolvable: Future + Unpin {
+    fn is_resolved(&self) -> bool;
+    fn wait(self) -> Self::Output;
+}
+
+impl Resolvable for DeliveryFuture {
+    fn is_resolved(&self) -> bool {
+        DeliveryFuture::is_resolved(self)
+    }
+    fn wait(self) -> Self::Output {
+        DeliveryFuture::wait(self)
+    }
+}
+
+impl Resolvable for BatchDeliveryFuture {
+    fn is_resolved(&self) -> bool {
+        BatchDeliveryFuture::is_resolved(self)
+    }
+    fn wait(self) -> Self::Output {
+        BatchDeliveryFuture::wait(self)
+    }
 }
 
 /// `--metrics-addr`: everything in `registry`, encoded by `prometheus::TextEncoder`, at

@@ -14,7 +14,6 @@ use std::time::Instant;
 /// Bits of the admission word that count bytes; the record count sits above them.
 const BYTES_BITS: u32 = 36;
 const BYTES_MASK: u64 = (1 << BYTES_BITS) - 1;
-const ONE_RECORD: u64 = 1 << BYTES_BITS;
 /// The largest record cap (`max_pending_messages` is clamped to it): 2^27, with room above for
 /// the transient over-count of concurrent refused senders.
 pub const MAX_RECORDS: u64 = 1 << 27;
@@ -71,13 +70,21 @@ impl PendingBudget {
     ///
     /// `bytes` must be at most [`MAX_BYTES`] (the producer refuses larger records first).
     pub fn try_acquire(&self, bytes: usize) -> bool {
-        let bytes = (bytes as u64).min(MAX_BYTES);
-        let before = self.admitted.fetch_add(ONE_RECORD | bytes, Ordering::SeqCst);
+        self.try_acquire_many(1, bytes as u64)
+    }
+
+    /// [`PendingBudget::try_acquire`] for `count` records of `bytes` payload bytes in all, all
+    /// or none: admitted when they fit, or when nothing is pending (so that no call can wait
+    /// for room forever).
+    pub fn try_acquire_many(&self, count: u64, bytes: u64) -> bool {
+        let bytes = bytes.min(MAX_BYTES);
+        let add = count << BYTES_BITS | bytes;
+        let before = self.admitted.fetch_add(add, Ordering::SeqCst);
         let (records, held) = (before >> BYTES_BITS, before & BYTES_MASK);
-        let over_records = records >= self.max_records;
+        let over_records = records + count > self.max_records && records > 0;
         let over_bytes = held + bytes > self.max_bytes && held > 0;
         if over_records || over_bytes {
-            self.admitted.fetch_sub(ONE_RECORD | bytes, Ordering::SeqCst);
+            self.admitted.fetch_sub(add, Ordering::SeqCst);
             return false;
         }
         true
@@ -223,6 +230,19 @@ mod tests {
     use super::*;
     use std::sync::Arc;
     use std::time::Duration;
+
+    #[test]
+    fn many_records_are_admitted_all_or_none() {
+        let budget = PendingBudget::new(10, 1 << 20);
+        assert!(budget.try_acquire_many(6, 600));
+        assert!(!budget.try_acquire_many(5, 5), "6 + 5 > 10: none of the 5 taken");
+        assert_eq!(budget.pending_records(), 6);
+        assert!(budget.try_acquire_many(4, 4));
+        budget.release(10, 604);
+        budget.settle(10);
+        assert!(budget.try_acquire_many(25, 25), "more than the budget, taken when it is empty");
+        assert!(!budget.try_acquire(1));
+    }
 
     #[test]
     fn records_and_bytes_are_both_capped() {

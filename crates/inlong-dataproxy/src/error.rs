@@ -264,6 +264,16 @@ pub enum Error {
     /// The Manager lookup failed (unreachable, auth, rejected, bad answer).
     #[error("manager lookup failed: {0}")]
     Discovery(#[source] crate::discovery::DiscoveryError),
+    /// [`Producer::send_batch`](crate::Producer::send_batch) refused the whole call because of
+    /// the record at `index` (nothing was sent); its code is the record's error's.
+    #[error("record {index} of the batch: {source}")]
+    InBatch {
+        /// The refused record's place in the payloads given.
+        index: usize,
+        /// Why it was refused.
+        #[source]
+        source: Box<Error>,
+    },
 }
 
 /// Server codes that mean "not stored, safe to send again" (`PROTOCOL.md` §3.9): 1, 2 and 3
@@ -393,6 +403,7 @@ impl Error {
             Error::Server { .. } => codes::SERVER_ERROR,
             Error::ConnectionLost { .. } => codes::CONN_CLOSED_BY_PEER,
             Error::Purged => codes::SEND_FAILED,
+            Error::InBatch { source, .. } => source.code(),
             Error::ConnectFailed { .. } => codes::NEW_CONN_FAILED,
             Error::InvalidConfig { .. }
             | Error::InCallback { .. }
@@ -440,6 +451,7 @@ impl Error {
             | Error::Purged => true,
             Error::Server { code, .. } => is_retryable_server_code(*code),
             Error::Discovery(error) => error.is_transient(),
+            Error::InBatch { source, .. } => source.is_retriable(),
             Error::InvalidField { .. }
             | Error::InvalidPayload { .. }
             | Error::TooLong { .. }

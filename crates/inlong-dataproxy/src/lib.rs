@@ -73,5 +73,8 @@ pub use config::{Ack, MsgType, ProducerConfig, Secret, Transport};
 pub use discovery::{AuthProvider, DiscoveryError, Endpoint};
 pub use error::{codes, ConnectFailures, Error, Field};
 pub use metrics::MetricsRegistry;
-pub use producer::{DeliveryFuture, Producer, ProducerBuilder, ProducerStats, ShardStats};
+pub use producer::{
+    BatchDeliveryFuture, BatchDeliveryReport, DeliveryFuture, Producer, ProducerBuilder,
+    ProducerStats, ShardStats,
+};
 pub use record::{Record, StreamId};

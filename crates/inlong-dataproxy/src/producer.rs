@@ -25,7 +25,7 @@ use crate::engine::{BatchAccumulator, BatchLimits, EngineConfig};
 use crate::error::Error;
 use crate::metrics::{MetricsRegistry, ProducerMetrics, ShardMetrics};
 use crate::protocol::{AddColumns, FrameBudget, FrameFormat};
-use crate::record::Record;
+use crate::record::{Record, StreamId};
 use crate::shard::{self, Command, Driver, ShardSettings, ShardShared, Waiting};
 
 /// Builds a [`Producer`]. Every option has the Go SDK's default; see [`ProducerConfig`].
@@ -452,6 +452,33 @@ impl Producer {
         DeliveryFuture { state: FutureState::Queued(slot), shard }
     }
 
+    /// Sends many records of one stream with one call and one future: the records are checked,
+    /// admitted to the pending budget and appended to the stream's batches together, under one
+    /// lock, so the per-record cost of [`Producer::send`] (a lock, a budget update, a future)
+    /// is paid once per call. They keep their order and are sent in the stream's batches as
+    /// records sent one by one would be (a large call fills several batches).
+    ///
+    /// All or nothing: nothing is sent, and the call fails at once, when a record is invalid
+    /// ([`Error::InBatch`] naming its index, with the record's error as its source), the
+    /// stream ID is invalid, the producer is closed, or the pending budget has no room for all
+    /// of them ([`Error::QueueFull`]: there is no waiting for room here; a call of more records
+    /// than `max_pending_messages` is taken only when nothing else is pending). An empty call
+    /// fails with [`Error::InvalidPayload`].
+    ///
+    /// The future resolves once every record of the call is resolved: with a
+    /// [`BatchDeliveryReport`] when all were acked, otherwise with the error of the first batch
+    /// that failed (records of the call carried by other batches may have been delivered; for
+    /// per-record outcomes use [`Producer::send_with_callback`]).
+    pub fn send_batch<P: AsRef<[u8]>>(
+        &self,
+        stream: &StreamId,
+        payloads: &[P],
+    ) -> Result<BatchDeliveryFuture, Error> {
+        self.inner.enqueue_batch(stream, payloads).inspect_err(|error| {
+            self.inner.metrics.record_refused(error);
+        })
+    }
+
     /// Sends a record and calls `callback` with its result, on the shard thread (keep it short;
     /// a panic in it is contained, see the crate docs). Never blocks. With
     /// `block_if_queue_full`, a full queue makes the record wait in the producer as with
@@ -756,6 +783,77 @@ impl Inner {
         }
     }
 
+    /// [`Producer::send_batch`].
+    fn enqueue_batch<P: AsRef<[u8]>>(
+        &self,
+        stream: &StreamId,
+        payloads: &[P],
+    ) -> Result<BatchDeliveryFuture, Error> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::ProducerClosed);
+        }
+        if payloads.is_empty() {
+            return Err(Error::InvalidPayload { reason: "send_batch needs at least one record" });
+        }
+        stream.validate()?;
+        let shard = &self.shards[shard_of(stream.as_str(), self.shards.len())];
+        if self.budget.queued() > 0 && shard.waiting_len() > 0 {
+            return Err(Error::QueueFull);
+        }
+        let count = payloads.len() as u64;
+        let bytes: u64 = payloads.iter().map(|payload| payload.as_ref().len() as u64).sum();
+        let mut accumulator = shard.accumulator();
+        for (index, payload) in payloads.iter().enumerate() {
+            accumulator
+                .check(stream, payload.as_ref())
+                .map_err(|source| Error::InBatch { index, source: Box::new(source) })?;
+        }
+        if !self.budget.try_acquire_many(count, bytes) {
+            return Err(Error::QueueFull);
+        }
+        let mut parts: Vec<(Arc<BatchCompletion>, u32)> = Vec::new();
+        let mut wake = false;
+        for (index, payload) in payloads.iter().enumerate() {
+            let payload = payload.as_ref();
+            match accumulator.append_with(Instant::now, stream, payload, &mut None) {
+                Ok(appended) => {
+                    wake |= appended.wake;
+                    match parts.last_mut() {
+                        Some((completion, records))
+                            if Arc::ptr_eq(completion, &appended.completion) =>
+                        {
+                            *records += 1;
+                        }
+                        _ => parts.push((appended.completion, 1)),
+                    }
+                }
+                Err(error) => {
+                    // Checked above under the same lock, which a close also takes: not
+                    // reached. Were it, the records from here on give their room back, and
+                    // those before it are still delivered, so the call cannot fail as a whole.
+                    let rest = &payloads[index..];
+                    let rest_bytes: u64 = rest.iter().map(|p| p.as_ref().len() as u64).sum();
+                    self.budget.release(rest.len() as u64, rest_bytes);
+                    self.budget.settle(rest.len() as u64);
+                    drop(accumulator);
+                    if wake {
+                        shard.notify();
+                    }
+                    let error = Error::InBatch { index, source: Box::new(error) };
+                    if parts.is_empty() {
+                        return Err(error);
+                    }
+                    return Ok(BatchDeliveryFuture::new(parts, shard.key(), Some(error)));
+                }
+            }
+        }
+        drop(accumulator);
+        if wake {
+            shard.notify();
+        }
+        Ok(BatchDeliveryFuture::new(parts, shard.key(), None))
+    }
+
     /// The shard a record goes to.
     fn shard_for(&self, record: &Record) -> &Arc<ShardShared> {
         &self.shards[shard_of(record.stream_id().as_str(), self.shards.len())]
@@ -1014,21 +1112,7 @@ impl DeliveryFuture {
         if self.shard != 0 && !self.is_resolved() && shard::on_shard(self.shard) {
             return Err(Error::InCallback { operation: "wait", undelivered: 1 });
         }
-        struct ThreadWaker(std::thread::Thread);
-        impl Wake for ThreadWaker {
-            fn wake(self: Arc<Self>) {
-                self.0.unpark();
-            }
-        }
-        let waker = Waker::from(Arc::new(ThreadWaker(std::thread::current())));
-        let mut cx = Context::from_waker(&waker);
-        let mut future = self;
-        loop {
-            if let Poll::Ready(result) = Pin::new(&mut future).poll(&mut cx) {
-                return result;
-            }
-            std::thread::park();
-        }
+        block_on(self)
     }
 
     /// True once the result is known.
@@ -1056,6 +1140,122 @@ impl Future for DeliveryFuture {
             }
             FutureState::Queued(slot) => slot.poll(cx),
         }
+    }
+}
+
+/// What the application learns about the records of one [`Producer::send_batch`] call, all acked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BatchDeliveryReport {
+    /// Records of the call.
+    pub records: usize,
+    /// Batches that carried them (a large call fills several).
+    pub batches: usize,
+    /// Numeric ID of the first of those batches.
+    pub first_batch_id: u64,
+    /// The longest time, over those batches, from being opened to being acked.
+    pub max_latency: Duration,
+    /// The most attempts after the first that one of those batches needed.
+    pub max_retries: u32,
+}
+
+/// The result of one [`Producer::send_batch`] call: resolves once every record of the call is
+/// resolved, to a [`BatchDeliveryReport`] when all were acked, or to the first failed batch's
+/// error. Awaitable on any executor; [`BatchDeliveryFuture::wait`] blocks a plain thread instead.
+#[must_use = "a delivery is only known by awaiting or waiting on its future"]
+#[derive(Debug)]
+pub struct BatchDeliveryFuture {
+    /// The batches carrying the call's records, in order, with how many of them each carries.
+    parts: Vec<(Arc<BatchCompletion>, u32)>,
+    /// Parts resolved so far.
+    done: usize,
+    report: BatchDeliveryReport,
+    /// The first failure seen (or the refusal of the call's remainder).
+    error: Option<Error>,
+    /// The [`shard::shard_key`] of the shard that resolves it.
+    shard: u64,
+}
+
+impl BatchDeliveryFuture {
+    fn new(parts: Vec<(Arc<BatchCompletion>, u32)>, shard: u64, error: Option<Error>) -> Self {
+        let report = BatchDeliveryReport {
+            records: 0,
+            batches: 0,
+            first_batch_id: 0,
+            max_latency: Duration::ZERO,
+            max_retries: 0,
+        };
+        BatchDeliveryFuture { parts, done: 0, report, error, shard }
+    }
+
+    /// True once every record of the call is resolved.
+    pub fn is_resolved(&self) -> bool {
+        self.parts[self.done..].iter().all(|(completion, _)| completion.is_resolved())
+    }
+
+    /// Blocks the calling thread until every record of the call is resolved (each within its
+    /// attempts' deadlines, so this cannot hang). Do not call it on an async executor thread.
+    /// As [`DeliveryFuture::wait`], in a delivery callback on the shard that resolves it, an
+    /// unresolved future returns [`Error::InCallback`] at once.
+    pub fn wait(self) -> Result<BatchDeliveryReport, Error> {
+        if !self.is_resolved() && shard::on_shard(self.shard) {
+            let undelivered = self.parts[self.done..].iter().map(|(_, n)| u64::from(*n)).sum();
+            return Err(Error::InCallback { operation: "wait", undelivered });
+        }
+        block_on(self)
+    }
+}
+
+impl Future for BatchDeliveryFuture {
+    type Output = Result<BatchDeliveryReport, Error>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        while let Some((completion, records)) = this.parts.get(this.done) {
+            let outcome = match completion.poll_outcome(cx) {
+                Poll::Ready(outcome) => outcome,
+                Poll::Pending => return Poll::Pending,
+            };
+            match outcome {
+                Ok(outcome) => {
+                    let report = &mut this.report;
+                    if report.batches == 0 {
+                        report.first_batch_id = outcome.batch_id;
+                    }
+                    report.batches += 1;
+                    report.records += *records as usize;
+                    let latency = outcome.acked_at.saturating_duration_since(outcome.opened_at);
+                    report.max_latency = report.max_latency.max(latency);
+                    report.max_retries = report.max_retries.max(outcome.retries);
+                }
+                Err(error) => {
+                    this.error.get_or_insert(error);
+                }
+            }
+            this.done += 1;
+        }
+        Poll::Ready(match this.error.take() {
+            Some(error) => Err(error),
+            None => Ok(this.report),
+        })
+    }
+}
+
+/// Polls `future` on the calling thread, parking it between polls.
+fn block_on<F: Future + Unpin>(mut future: F) -> F::Output {
+    struct ThreadWaker(std::thread::Thread);
+    impl Wake for ThreadWaker {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Waker::from(Arc::new(ThreadWaker(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    loop {
+        if let Poll::Ready(result) = Pin::new(&mut future).poll(&mut cx) {
+            return result;
+        }
+        std::thread::park();
     }
 }
 

@@ -236,3 +236,56 @@ fn static_endpoints_may_be_host_names() {
         Producer::builder().group_id("test_group").endpoints(["localhost"]).build().unwrap_err();
     assert!(matches!(error, Error::InvalidConfig { option: "endpoints", .. }), "{error}");
 }
+
+#[test]
+fn send_batch_delivers_every_record_in_order_with_one_future() {
+    let cluster = common::cluster(1);
+    for transport in transports() {
+        let stream = inlong_dataproxy::StreamId::from(format!("batch_{transport:?}"));
+        // 64 records per batch: a call of 1000 fills several batches.
+        let producer = builder(&cluster, transport).batching_max_messages(64).build().unwrap();
+        let payloads: Vec<String> = (0..1000).map(|i| format!("line {i:04}")).collect();
+        let future = producer.send_batch(&stream, &payloads).unwrap();
+        let report = future.wait().unwrap();
+        assert_eq!(report.records, 1000);
+        assert!(report.batches >= 1000 / 64, "{report:?}");
+        let ledger = cluster.ledger();
+        let got: Vec<&[u8]> = ledger[stream.as_str()].iter().map(|p| &p[..]).collect();
+        let sent: Vec<&[u8]> = payloads.iter().map(|p| p.as_bytes()).collect();
+        assert_eq!(got, sent, "every record once, in the order given");
+        producer.close_blocking(Duration::from_secs(5)).unwrap();
+    }
+}
+
+#[test]
+fn send_batch_is_all_or_nothing_and_names_the_bad_record() {
+    let cluster = common::cluster(1);
+    let producer = builder(&cluster, Transport::Epoll).max_pending_messages(100).build().unwrap();
+    let stream = inlong_dataproxy::StreamId::from("batch_refused");
+    let error = producer.send_batch(&stream, &["a", "b", "", "d"]).unwrap_err();
+    assert!(
+        matches!(&error, Error::InBatch { index: 2, source } if matches!(**source, Error::InvalidPayload { .. })),
+        "{error:?}"
+    );
+    assert_eq!(error.code(), Error::InvalidPayload { reason: "" }.code());
+    assert!(std::error::Error::source(&error).is_some());
+    let empty: [&str; 0] = [];
+    assert!(matches!(producer.send_batch(&stream, &empty), Err(Error::InvalidPayload { .. })));
+    let bad_stream = inlong_dataproxy::StreamId::from("has space");
+    assert!(matches!(producer.send_batch(&bad_stream, &["a"]), Err(Error::InvalidField { .. })));
+    // 60 pending: a call of 50 more finds no room and takes none of them.
+    let held: Vec<String> = (0..60).map(|i| i.to_string()).collect();
+    let first = producer.send_batch(&stream, &held).unwrap();
+    let more: Vec<String> = (0..50).map(|i| i.to_string()).collect();
+    if let Err(error) = producer.send_batch(&stream, &more) {
+        assert_eq!(error, Error::QueueFull);
+    } else {
+        // The first call was acked already: the room came back.
+        assert!(producer.stats().records_sent >= 110);
+    }
+    first.wait().unwrap();
+    producer.close_blocking(Duration::from_secs(5)).unwrap();
+    assert_eq!(producer.stats().records_failed, 0);
+    let error = producer.send_batch(&stream, &["late"]).unwrap_err();
+    assert_eq!(error, Error::ProducerClosed);
+}

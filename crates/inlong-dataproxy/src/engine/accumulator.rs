@@ -192,17 +192,7 @@ impl BatchAccumulator {
         // Sealed to make room; the new batch below wakes the shard anyway.
         self.seal(stream);
         protocol::validate_id(Field::StreamId, stream)?;
-        let max_body_len = self.limits.frame.max_body_len(stream.len());
-        if entry_len > max_body_len {
-            // `entry_len` is the payload, less a trailing newline, plus its 4-byte length.
-            let newline = usize::from(payload.ends_with(b"\n"));
-            return Err(Error::RecordTooLong {
-                record_len: payload.len(),
-                max_record_len: (max_body_len + newline).saturating_sub(4),
-                max_frame_len: self.limits.frame.max_frame_len(),
-                compressed: self.limits.frame.compression() && max_body_len > COMPRESS_THRESHOLD,
-            });
-        }
+        let max_body_len = self.fits_a_frame(stream, payload)?;
         // A new body starts at the size of the last sealed one, so it does not grow by doubling
         // record after record (realloc cost ~2 % of the send path at 100 B).
         let body = match self.spare_bodies.pop() {
@@ -231,6 +221,29 @@ impl BatchAccumulator {
             self.seal(stream);
         }
         Ok(Appended { completion, wake: true })
+    }
+
+    /// Checks what [`BatchAccumulator::append_with`] checks of a record of an already valid
+    /// stream ID, without taking it: a valid payload that fits a frame on its own.
+    pub fn check(&self, stream_id: &StreamId, payload: &[u8]) -> Result<(), Error> {
+        protocol::validate_payload(payload)?;
+        self.fits_a_frame(stream_id.as_str(), payload).map(|_| ())
+    }
+
+    /// The largest body a batch of `stream` may have, when `payload` fits one on its own.
+    fn fits_a_frame(&self, stream: &str, payload: &[u8]) -> Result<usize, Error> {
+        let max_body_len = self.limits.frame.max_body_len(stream.len());
+        let newline = usize::from(payload.ends_with(b"\n"));
+        // The payload, less a trailing newline, plus its 4-byte length.
+        if 4 + payload.len() - newline > max_body_len {
+            return Err(Error::RecordTooLong {
+                record_len: payload.len(),
+                max_record_len: (max_body_len + newline).saturating_sub(4),
+                max_frame_len: self.limits.frame.max_frame_len(),
+                compressed: self.limits.frame.compression() && max_body_len > COMPRESS_THRESHOLD,
+            });
+        }
+        Ok(max_body_len)
     }
 
     /// Adds the record to `batch`; returns its completion and whether the batch is now full.
