@@ -390,11 +390,11 @@ impl Load<'_> {
                 let records =
                     self.send_batch.min(usize::try_from(self.limit - sent).unwrap_or(usize::MAX));
                 let stream_id = &self.streams[stream];
-                stream = if stream + 1 == self.streams.len() { 0 } else { stream + 1 };
+                stream = next_in_rotation(stream, self.streams.len());
                 batch.clear();
                 for _ in 0..records {
                     batch.push(self.payloads[payload].clone());
-                    payload = if payload + 1 == self.payloads.len() { 0 } else { payload + 1 };
+                    payload = next_in_rotation(payload, self.payloads.len());
                 }
                 if !self.send_one_batch(stream_id, &batch, &mut ring, &mut tally) {
                     break;
@@ -405,8 +405,8 @@ impl Load<'_> {
                 continue;
             }
             let record = Record::new(self.streams[stream].clone(), self.payloads[payload].clone());
-            stream = if stream + 1 == self.streams.len() { 0 } else { stream + 1 };
-            payload = if payload + 1 == self.payloads.len() { 0 } else { payload + 1 };
+            stream = next_in_rotation(stream, self.streams.len());
+            payload = next_in_rotation(payload, self.payloads.len());
             match self.producer.send_blocking(record, SEND_WAIT) {
                 Ok(future) => ring.push(future, &mut tally),
                 // Refused because the signal's close began: never sent, so not counted.
@@ -478,6 +478,15 @@ impl Load<'_> {
             }
             std::thread::sleep((due - now).min(Duration::from_millis(5)));
         }
+    }
+}
+
+/// The index after `index` in a rotation of `len` items (a compare, not a division, per record).
+fn next_in_rotation(index: usize, len: usize) -> usize {
+    if index + 1 == len {
+        0
+    } else {
+        index + 1
     }
 }
 
